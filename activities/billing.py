@@ -1,0 +1,57 @@
+"""Closing the billing of a service, per the contract's outcome table."""
+
+from __future__ import annotations
+
+import asyncpg
+from temporalio import activity
+
+from activities.audit import record
+from bajas.models import BillingInput, BillingResult, TransitionInput
+from workflows.rules import revokes_mandate, voids_renewal_invoices
+
+
+class BillingActivities:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @activity.defn(name="close_billing")
+    async def close_billing(self, data: BillingInput) -> BillingResult:
+        """One transaction; each statement only touches rows not yet in their final state."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "update services set auto_renew = false where id = $1", data.service_id
+            )
+            revoked = voided = 0
+            if revokes_mandate(data.outcome):
+                revoked = len(
+                    await conn.fetch(
+                        "update debit_mandates set status = 'revoked', revoked_at = now()"
+                        " where service_id = $1 and status = 'active' returning id",
+                        data.service_id,
+                    )
+                )
+            if voids_renewal_invoices(data.outcome):
+                voided = len(
+                    await conn.fetch(
+                        """
+                        update invoices i set status = 'void'
+                          from services s
+                         where s.id = i.service_id and i.service_id = $1
+                           and i.status = 'open' and i.period_start >= s.expires_on
+                        returning i.id
+                        """,
+                        data.service_id,
+                    )
+                )
+            await record(
+                conn,
+                TransitionInput(
+                    event="billing_closed",
+                    service_id=data.service_id,
+                    customer_id=data.customer_id,
+                    actor="bajas",
+                    billing_outcome=data.outcome,
+                    details={"invoices_voided": voided, "mandates_revoked": revoked},
+                ),
+            )
+        return BillingResult(invoices_voided=voided, mandates_revoked=revoked)

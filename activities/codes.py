@@ -1,0 +1,137 @@
+"""Confirmation codes: made with `secrets`, kept only as an HMAC, carried only by the mail.
+
+The workflow never sees a code: this activity makes it, stores its keyed hash and
+mails it in one go, and returns only the (non-secret) generation and expiry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+import asyncpg
+from temporalio import activity
+
+from activities.audit import record
+from activities.mail import Mailer, code_mail
+from bajas.models import (
+    CODE_LENGTH,
+    IssueCodeInput,
+    IssueCodeResult,
+    PaymentMethod,
+    TransitionInput,
+    VerifyCodeInput,
+    VerifyCodeResult,
+    is_well_formed_code,
+)
+
+
+def code_hmac(key: bytes, run_id: str, generation: int, code: str) -> bytes:
+    return hmac.new(key, f"{run_id}:{generation}:{code}".encode(), hashlib.sha256).digest()
+
+
+def new_code() -> str:
+    return f"{secrets.randbelow(10**CODE_LENGTH):0{CODE_LENGTH}d}"
+
+
+class CodeActivities:
+    def __init__(self, pool: asyncpg.Pool, key: bytes, mailer: Mailer, tz_name: str) -> None:
+        self.pool = pool
+        self.key = key
+        self.mailer = mailer
+        self.tz_name = tz_name
+
+    @activity.defn(name="issue_code")
+    async def issue_code(self, data: IssueCodeInput) -> IssueCodeResult:
+        """Idempotent per generation: once its mail has left, a retry sends nothing.
+
+        A retry after a failed send makes a fresh code, since the old one cannot be read
+        back; only the mail that actually leaves carries a working code.
+        """
+        info = activity.info()
+        run_id = info.workflow_run_id
+        sent = await self.pool.fetchval(
+            "select sent_at from bajas.confirmation_codes where run_id = $1 and generation = $2",
+            run_id,
+            data.generation,
+        )
+        if sent is not None:
+            return IssueCodeResult(generation=data.generation, expires_at=data.expires_at)
+        row = await self.pool.fetchrow(
+            "select c.email, c.name, s.domain, s.expires_on, s.payment_method"
+            " from services s join customers c on c.id = s.customer_id where s.id = $1",
+            data.service_id,
+        )
+        if row is None:
+            raise RuntimeError(f"service {data.service_id} vanished from the panel database")
+        code = new_code()
+        await self.pool.execute(
+            """
+            insert into bajas.confirmation_codes (run_id, generation, code_hmac, expires_at)
+            values ($1, $2, $3, $4)
+            on conflict (run_id, generation)
+            do update set code_hmac = excluded.code_hmac, issued_at = now()
+            """,
+            run_id,
+            data.generation,
+            code_hmac(self.key, run_id, data.generation, code),
+            data.expires_at,
+        )
+        subject, body = code_mail(
+            name=row["name"],
+            domain=row["domain"],
+            code=code,
+            expires_at=data.expires_at,
+            tz_name=self.tz_name,
+            expires_on=row["expires_on"],
+            payment_method=PaymentMethod(row["payment_method"]),
+            preview=data.billing_preview,
+        )
+        del code
+        await self.mailer.send(row["email"], subject, body, to_name=row["name"])
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "update bajas.confirmation_codes set sent_at = now()"
+                " where run_id = $1 and generation = $2",
+                run_id,
+                data.generation,
+            )
+            await record(
+                conn,
+                TransitionInput(
+                    event=f"code_sent:{data.generation}",
+                    service_id=data.service_id,
+                    customer_id=data.customer_id,
+                    actor="bajas",
+                    details={"generation": data.generation},
+                ),
+            )
+        return IssueCodeResult(generation=data.generation, expires_at=data.expires_at)
+
+    @activity.defn(name="verify_code")
+    async def verify_code(self, data: VerifyCodeInput) -> VerifyCodeResult:
+        """Compare in constant time; only the current generation counts, and only once."""
+        if not is_well_formed_code(data.code):
+            return VerifyCodeResult(accepted=False)
+        run_id = activity.info().workflow_run_id
+        row = await self.pool.fetchrow(
+            "select code_hmac, used_at from bajas.confirmation_codes"
+            " where run_id = $1 and generation = $2 and sent_at is not null",
+            run_id,
+            data.generation,
+        )
+        if row is None:
+            return VerifyCodeResult(accepted=False)
+        expected = bytes(row["code_hmac"])
+        ok = hmac.compare_digest(expected, code_hmac(self.key, run_id, data.generation, data.code))
+        if ok:
+            # A retry of this same attempt still answers accepted; the workflow never asks
+            # again after an acceptance, so the code is single-use.
+            await self.pool.execute(
+                "update bajas.confirmation_codes set used_at = coalesce(used_at, now())"
+                " where run_id = $1 and generation = $2",
+                run_id,
+                data.generation,
+            )
+        return VerifyCodeResult(accepted=ok)

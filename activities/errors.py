@@ -1,0 +1,11 @@
+"""Business errors that no retry can fix: raised non-retryable, matched by type name."""
+
+from __future__ import annotations
+
+from temporalio.exceptions import ApplicationError
+
+PATH_REFUSED = "PathRefused"
+
+
+def path_refused(message: str) -> ApplicationError:
+    return ApplicationError(message, type=PATH_REFUSED, non_retryable=True)

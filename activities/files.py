@@ -1,0 +1,127 @@
+"""Deleting a site's document root: checked first, then removed with heartbeats.
+
+The walk runs in a thread; the activity heartbeats its progress from the event loop,
+so a retried attempt reports where the last one got to and walks only what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+
+import asyncpg
+from pydantic import ValidationError
+from temporalio import activity
+
+from activities.audit import record
+from activities.errors import path_refused
+from activities.paths import UnsafePath, checked_target, refuse_shared, scan_tree
+from bajas.models import DeprovisionInput, FilesProgress, FilesResult, TransitionInput
+
+HEARTBEAT_EVERY = 1.0
+
+
+class _Progress:
+    """Shared between the deleting thread and the heartbeating loop."""
+
+    def __init__(self) -> None:
+        self.files = 0
+        self.dirs = 0
+        self.stop = threading.Event()
+
+
+class Cancelled(Exception):
+    pass
+
+
+def remove_tree(top: str, progress: _Progress) -> None:
+    """Depth-first unlink of everything below `top`, then `top` itself; never follows links."""
+
+    def clear(path: str) -> None:
+        with os.scandir(path) as it:
+            entries = list(it)
+        for entry in entries:
+            if progress.stop.is_set():
+                raise Cancelled
+            if entry.is_dir(follow_symlinks=False):
+                clear(entry.path)
+                os.rmdir(entry.path)
+                progress.dirs += 1
+            else:
+                try:
+                    os.unlink(entry.path)
+                except FileNotFoundError:
+                    pass
+                progress.files += 1
+
+    clear(top)
+    os.rmdir(top)
+
+
+class FilesActivities:
+    def __init__(self, pool: asyncpg.Pool, hosting_root: Path) -> None:
+        self.pool = pool
+        self.hosting_root = hosting_root
+
+    @activity.defn(name="delete_files")
+    async def delete_files(self, data: DeprovisionInput) -> FilesResult:
+        document_root = await self.pool.fetchval(
+            "select document_root from services where id = $1", data.service_id
+        )
+        previous = _previous_progress()
+        files_total = 0
+        target: str | None = None
+        if document_root:
+            others = await self.pool.fetch(
+                "select document_root as path from services where id <> $1"
+                " union all select maildir from mailboxes",
+                data.service_id,
+            )
+            try:
+                target = checked_target(document_root, self.hosting_root, what="document_root")
+                refuse_shared(target, (o["path"] for o in others), what="document_root")
+                if os.path.lexists(target):
+                    files_total, _ = await asyncio.to_thread(scan_tree, target)
+            except UnsafePath as err:
+                raise path_refused(str(err)) from err
+        # What earlier attempts deleted is gone from disk but still counts as done.
+        already = previous.total - files_total if previous is not None else 0
+        total = already + files_total
+        progress = _Progress()
+        if target is not None and os.path.lexists(target):
+            activity.heartbeat(FilesProgress(total=total, deleted=already))
+            work = asyncio.create_task(asyncio.to_thread(remove_tree, target, progress))
+            try:
+                while not work.done():
+                    await asyncio.wait({work}, timeout=HEARTBEAT_EVERY)
+                    activity.heartbeat(FilesProgress(total=total, deleted=already + progress.files))
+                await work
+            except asyncio.CancelledError:
+                progress.stop.set()
+                await asyncio.wait({work})
+                raise
+        deleted = already + progress.files
+        async with self.pool.acquire() as conn, conn.transaction():
+            await record(
+                conn,
+                TransitionInput(
+                    event="files_deleted",
+                    service_id=data.service_id,
+                    customer_id=data.customer_id,
+                    actor="bajas",
+                    details={"files_deleted": deleted, "dirs_deleted": progress.dirs},
+                ),
+            )
+        return FilesResult(files_deleted=deleted, dirs_deleted=progress.dirs, resumed_from=already)
+
+
+def _previous_progress() -> FilesProgress | None:
+    details = activity.info().heartbeat_details
+    if not details:
+        return None
+    try:
+        return FilesProgress.model_validate(details[0])
+    except ValidationError:
+        return None

@@ -1,0 +1,1 @@
+"""Durable cancellation ("baja") of hosting services on Temporal."""

@@ -1,0 +1,251 @@
+"""The data that crosses Temporal: inputs, results, states. Imports nothing of bajas."""
+
+from __future__ import annotations
+
+from datetime import date
+from enum import StrEnum
+
+from pydantic import AwareDatetime, BaseModel, Field
+
+CODE_LENGTH = 6
+MAX_WRONG_CODES = 5
+MAX_RESENDS = 3
+
+
+class State(StrEnum):
+    AWAITING_CONFIRMATION = "awaiting_confirmation"
+    DEPROVISIONING = "deprovisioning"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    WITHDRAWN = "withdrawn"
+    LOCKED = "locked"
+    REJECTED = "rejected"
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (State.AWAITING_CONFIRMATION, State.DEPROVISIONING)
+
+
+class BillingOutcome(StrEnum):
+    LATE_NO_REFUND = "late_no_refund"
+    DEBIT_PROCESSED_NO_REFUND = "debit_processed_no_refund"
+    DEBIT_CANCELLED = "debit_cancelled"
+    NO_FURTHER_CHARGES = "no_further_charges"
+
+
+class PaymentMethod(StrEnum):
+    AUTO_DEBIT = "auto_debit"
+    MANUAL = "manual"
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    REFUSED = "refused"
+    FAILED = "failed"
+
+
+class StepProgress(BaseModel):
+    status: StepStatus = StepStatus.PENDING
+    done: int = 0
+    total: int | None = None
+    detail: str | None = None
+
+
+class Steps(BaseModel):
+    billing: StepProgress = Field(default_factory=StepProgress)
+    mailboxes: StepProgress = Field(default_factory=StepProgress)
+    files: StepProgress = Field(default_factory=StepProgress)
+
+
+def is_well_formed_code(code: object) -> bool:
+    return isinstance(code, str) and len(code) == CODE_LENGTH and code.isascii() and code.isdigit()
+
+
+# --- workflow input, messages and result -------------------------------------------
+
+
+class CancellationInput(BaseModel):
+    service_id: int
+    customer_id: int
+    requested_by: str = "panel"
+    reason: str | None = None
+
+
+class ConfirmInput(BaseModel):
+    code: str = ""
+
+
+class WithdrawInput(BaseModel):
+    reason: str | None = None
+    by: str | None = None
+
+
+class RetryInput(BaseModel):
+    """Operator's go-ahead to run a refused step again after fixing its data."""
+
+    by: str | None = None
+
+
+class ResendInput(BaseModel):
+    pass
+
+
+class ConfirmResult(BaseModel):
+    accepted: bool
+    attempts_left: int
+    state: State
+
+
+class ResendResult(BaseModel):
+    code_expires_at: AwareDatetime
+    resends_left: int
+
+
+class CancellationStatus(BaseModel):
+    """What the `status` query answers; the panel and operators read this."""
+
+    state: State
+    service_id: int
+    customer_id: int
+    requested_by: str
+    domain: str | None = None
+    attempts_left: int
+    resends_left: int
+    code_sent: bool = False
+    code_expires_at: AwareDatetime | None = None
+    requested_at: AwareDatetime | None = None
+    confirmed_at: AwareDatetime | None = None
+    finished_at: AwareDatetime | None = None
+    billing_preview: BillingOutcome | None = None
+    billing_outcome: BillingOutcome | None = None
+    rejection_reason: str | None = None
+    sla_at_risk: bool = False
+    steps: Steps = Field(default_factory=Steps)
+
+
+class CancellationResult(BaseModel):
+    state: State
+    billing_outcome: BillingOutcome | None = None
+    service_id: int
+    rejection_reason: str | None = None
+    files_deleted: int = 0
+    mailboxes_deleted: int = 0
+
+
+# --- activity inputs and results ---------------------------------------------------
+
+
+class ServiceCheckInput(BaseModel):
+    service_id: int
+    customer_id: int
+    requested_by: str = "panel"
+    reason: str | None = None
+
+
+class ServiceCheck(BaseModel):
+    """The facts the workflow decides on. No personal data: it lands in history.
+
+    The worker's timing settings travel here too, so the workflow reads them from
+    history instead of the environment.
+    """
+
+    accepted: bool
+    business_tz: str = "America/Argentina/Buenos_Aires"
+    confirmation_window_seconds: float = 86400
+    sla_limit_seconds: float = 20 * 3600
+    rejection_reason: str | None = None
+    domain: str | None = None
+    expires_on: date | None = None
+    payment_method: PaymentMethod | None = None
+
+
+class IssueCodeInput(BaseModel):
+    service_id: int
+    customer_id: int
+    generation: int
+    expires_at: AwareDatetime
+    billing_preview: BillingOutcome
+
+
+class IssueCodeResult(BaseModel):
+    generation: int
+    expires_at: AwareDatetime
+
+
+class VerifyCodeInput(BaseModel):
+    generation: int
+    code: str
+
+
+class VerifyCodeResult(BaseModel):
+    accepted: bool
+
+
+class TransitionInput(BaseModel):
+    """One line of the audit trail; `event` makes a retried write a no-op."""
+
+    event: str
+    service_id: int
+    customer_id: int
+    actor: str
+    from_state: State | None = None
+    to_state: State | None = None
+    billing_outcome: BillingOutcome | None = None
+    details: dict[str, int | str | bool | None] = Field(default_factory=dict)
+
+
+class BillingInput(BaseModel):
+    service_id: int
+    customer_id: int
+    outcome: BillingOutcome
+
+
+class BillingResult(BaseModel):
+    invoices_voided: int
+    mandates_revoked: int
+
+
+class DeprovisionInput(BaseModel):
+    service_id: int
+    customer_id: int
+
+
+class MailboxesResult(BaseModel):
+    mailboxes_deleted: int
+    mailboxes_total: int
+
+
+class FilesProgress(BaseModel):
+    """Heartbeat details of the files step: where a retried attempt picks up."""
+
+    total: int
+    deleted: int
+
+
+class FilesResult(BaseModel):
+    files_deleted: int
+    dirs_deleted: int
+    resumed_from: int = 0
+
+
+class FinishInput(BaseModel):
+    service_id: int
+    customer_id: int
+    billing_outcome: BillingOutcome
+    files_deleted: int
+    mailboxes_deleted: int
+
+
+class NoticeInput(BaseModel):
+    """A mail to the customer ("dado de baja") or to operations (SLA alert)."""
+
+    kind: str
+    service_id: int
+    customer_id: int
+    billing_outcome: BillingOutcome | None = None
+
+
+class NoticeResult(BaseModel):
+    sent: bool

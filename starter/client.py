@@ -1,0 +1,223 @@
+"""The client library a panel backend uses: request, confirm, resend, withdraw, status.
+
+Every call is addressed by service: the workflow id is `service-cancellation-<id>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from pydantic import BaseModel
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError, RPCStatusCode
+
+from bajas.models import (
+    CancellationInput,
+    CancellationResult,
+    CancellationStatus,
+    ConfirmInput,
+    ConfirmResult,
+    FilesProgress,
+    ResendInput,
+    ResendResult,
+    State,
+    StepStatus,
+    WithdrawInput,
+    is_well_formed_code,
+)
+from workflows.search_attributes import (
+    CANCELLATION_STATE,
+    CUSTOMER_ID,
+    SERVICE_ID,
+    WORKFLOW_TYPE,
+    workflow_id_for,
+)
+
+
+class CancellationError(Exception):
+    """A request the cancellation cannot take; the message is fit to show."""
+
+
+class CancellationNotFound(CancellationError):
+    """No cancellation for that service (or not this customer's)."""
+
+
+class RequestAnswer(BaseModel):
+    workflow_id: str
+    run_id: str
+    status: CancellationStatus
+
+
+class CancellationClient:
+    def __init__(self, client: Client, task_queue: str) -> None:
+        self.client = client
+        self.task_queue = task_queue
+
+    def handle(self, service_id: int) -> WorkflowHandle[object, CancellationResult]:
+        return self.client.get_workflow_handle(
+            workflow_id_for(service_id), result_type=CancellationResult
+        )
+
+    async def request(
+        self,
+        service_id: int,
+        customer_id: int,
+        *,
+        requested_by: str = "panel",
+        reason: str | None = None,
+        wait: timedelta = timedelta(seconds=15),
+    ) -> RequestAnswer:
+        """Start the cancellation, or attach to the one already running for the service.
+
+        Waits (up to `wait`) until the code mail has left or the request was rejected.
+        """
+        handle = await self.client.start_workflow(
+            WORKFLOW_TYPE,
+            CancellationInput(
+                service_id=service_id,
+                customer_id=customer_id,
+                requested_by=requested_by,
+                reason=reason,
+            ),
+            id=workflow_id_for(service_id),
+            task_queue=self.task_queue,
+            result_type=CancellationResult,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(SERVICE_ID, str(service_id)),
+                    SearchAttributePair(CUSTOMER_ID, str(customer_id)),
+                    SearchAttributePair(CANCELLATION_STATE, State.AWAITING_CONFIRMATION.value),
+                ]
+            ),
+            static_summary=f"Baja del servicio {service_id} (cliente {customer_id})",
+            static_details=f"Requested by {requested_by}" + (f": {reason}" if reason else ""),
+        )
+        status = await self._wait_started(handle, wait)
+        if status.customer_id != customer_id:
+            raise CancellationNotFound(f"service {service_id} not found for customer {customer_id}")
+        assert handle.result_run_id is not None
+        return RequestAnswer(workflow_id=handle.id, run_id=handle.result_run_id, status=status)
+
+    async def _wait_started(
+        self, handle: WorkflowHandle[object, CancellationResult], wait: timedelta
+    ) -> CancellationStatus:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait.total_seconds()
+        while True:
+            status = await self._query(handle)
+            if status.code_sent or status.state.is_final or loop.time() >= deadline:
+                return status
+            await asyncio.sleep(0.05)
+
+    async def confirm(self, service_id: int, code: str) -> ConfirmResult:
+        """Synchronous check through the `confirm_code` update."""
+        if not is_well_formed_code(code):
+            raise CancellationError("the confirmation code must be exactly 6 digits")
+        try:
+            return await self.handle(service_id).execute_update(
+                "confirm_code", ConfirmInput(code=code), result_type=ConfirmResult
+            )
+        except WorkflowUpdateFailedError as err:
+            raise CancellationError(_cause_message(err)) from err
+        except RPCError as err:
+            raise _rpc_error(err, service_id) from err
+
+    async def resend(self, service_id: int) -> ResendResult:
+        try:
+            return await self.handle(service_id).execute_update(
+                "resend_code", ResendInput(), result_type=ResendResult
+            )
+        except WorkflowUpdateFailedError as err:
+            raise CancellationError(_cause_message(err)) from err
+        except RPCError as err:
+            raise _rpc_error(err, service_id) from err
+
+    async def withdraw(
+        self, service_id: int, *, reason: str | None = None, by: str | None = None
+    ) -> CancellationStatus:
+        """Withdraw a cancellation still awaiting its code; later states refuse it."""
+        handle = self.handle(service_id)
+        status = await self.status(service_id)
+        if status.state is not State.AWAITING_CONFIRMATION or status.confirmed_at is not None:
+            raise CancellationError(f"cannot withdraw: the cancellation is {status.state.value}")
+        try:
+            await handle.signal("withdraw", WithdrawInput(reason=reason, by=by))
+        except RPCError as err:
+            raise _rpc_error(err, service_id) from err
+        for _ in range(100):
+            status = await self.status(service_id)
+            if status.state is not State.AWAITING_CONFIRMATION:
+                break
+            await asyncio.sleep(0.05)
+        return status
+
+    async def status(self, service_id: int) -> CancellationStatus:
+        """The `status` query, with the files step's live heartbeat progress merged in."""
+        handle = self.handle(service_id)
+        status = await self._query(handle)
+        if status.state is State.DEPROVISIONING:
+            await self._merge_progress(handle, status)
+        return status
+
+    async def _query(
+        self, handle: WorkflowHandle[object, CancellationResult]
+    ) -> CancellationStatus:
+        try:
+            return await handle.query("status", result_type=CancellationStatus)
+        except RPCError as err:
+            raise _rpc_error(err, _service_of(handle.id)) from err
+
+    async def _merge_progress(
+        self, handle: WorkflowHandle[object, CancellationResult], status: CancellationStatus
+    ) -> None:
+        description = await handle.describe()
+        if description.status is not WorkflowExecutionStatus.RUNNING:
+            return
+        for pending in description.raw_description.pending_activities:
+            if pending.activity_type.name != "delete_files":
+                continue
+            payloads = list(pending.heartbeat_details.payloads)
+            if not payloads or status.steps.files.status is not StepStatus.RUNNING:
+                continue
+            progress = pydantic_data_converter.payload_converter.from_payloads(
+                payloads, [FilesProgress]
+            )[0]
+            status.steps.files.done = progress.deleted
+            status.steps.files.total = progress.total
+
+    async def result(self, service_id: int) -> CancellationResult:
+        return await self.handle(service_id).result()
+
+
+def _service_of(workflow_id: str) -> int:
+    return int(workflow_id.rsplit("-", 1)[-1])
+
+
+def _cause_message(err: WorkflowUpdateFailedError) -> str:
+    cause = err.cause
+    while getattr(cause, "cause", None) is not None:
+        cause = cause.cause  # type: ignore[union-attr]
+    return str(getattr(cause, "message", None) or cause or err)
+
+
+def _rpc_error(err: RPCError, service_id: int) -> CancellationError:
+    if err.status is RPCStatusCode.NOT_FOUND:
+        return CancellationNotFound(f"no cancellation for service {service_id}")
+    if "already completed" in err.message or "completed" in err.message.lower():
+        return CancellationError(f"the cancellation of service {service_id} has already ended")
+    return CancellationError(err.message)

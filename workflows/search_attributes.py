@@ -1,0 +1,18 @@
+"""The four search attributes bajas sets (contract section 4); clusters must register them."""
+
+from __future__ import annotations
+
+from temporalio.common import SearchAttributeKey
+
+SERVICE_ID = SearchAttributeKey.for_keyword("ServiceId")
+CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
+CANCELLATION_STATE = SearchAttributeKey.for_keyword("CancellationState")
+SLA_AT_RISK = SearchAttributeKey.for_bool("SlaAtRisk")
+
+ALL = (SERVICE_ID, CUSTOMER_ID, CANCELLATION_STATE, SLA_AT_RISK)
+
+WORKFLOW_TYPE = "ServiceCancellation"
+
+
+def workflow_id_for(service_id: int) -> str:
+    return f"service-cancellation-{service_id}"
