@@ -26,6 +26,7 @@ from activities.mailboxes import MailboxActivities
 from activities.panel_db import PanelDbActivities
 from bajas.config import Settings
 from bajas.db import create_pool
+from bajas.observability import ActivityLogging, setup_logging
 from bajas.temporal_client import connect
 from workflows.cancellation import ServiceCancellation
 from workflows.sandbox import workflow_runner
@@ -74,6 +75,7 @@ def build_worker(client: Client, settings: Settings, pool: asyncpg.Pool) -> Work
         activity_executor=ThreadPoolExecutor(max_workers=settings.max_concurrent_activities),
         max_concurrent_activities=settings.max_concurrent_activities,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        interceptors=[ActivityLogging()],
     )
 
 
@@ -109,8 +111,9 @@ def _signal_event() -> asyncio.Event:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(run_worker(Settings()))
+    settings = Settings()
+    setup_logging(settings.log_format)
+    asyncio.run(run_worker(settings))
 
 
 if __name__ == "__main__":

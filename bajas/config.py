@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     sla_limit: timedelta = timedelta(hours=20)
     ops_email: str | None = None
     metrics_port: int | None = None
+    log_format: str = Field(default="text", pattern="^(text|json)$")
     panel_session_secret: SecretStr | None = None
     db_pool_max: int = Field(default=10, ge=1)
     max_concurrent_activities: int = Field(default=50, ge=1)

@@ -100,12 +100,11 @@ def migrate() -> None:
 @app.command()
 def worker() -> None:
     """Run the worker (same as `python worker.py`); SIGTERM drains it."""
-    import logging
-
+    from bajas.observability import setup_logging
     from worker import run_worker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = _settings()
+    setup_logging(settings.log_format)
     settings.require_database_url()
     _run(lambda: run_worker(settings))
 
