@@ -76,7 +76,8 @@ class FilesActivities:
         if document_root:
             others = await self.pool.fetch(
                 "select document_root as path from services where id <> $1"
-                " union all select maildir from mailboxes",
+                " and status <> 'cancelled'"
+                " union all select maildir from mailboxes where deleted_at is null",
                 data.service_id,
             )
             try:

@@ -30,8 +30,9 @@ class MailboxActivities:
         )
         pending = [r for r in rows if r["deleted_at"] is None]
         others = await self.pool.fetch(
-            "select maildir as path from mailboxes where service_id <> $1"
-            " union all select document_root from services where id <> $1",
+            "select maildir as path from mailboxes where service_id <> $1 and deleted_at is null"
+            " union all select document_root from services where id <> $1"
+            " and status <> 'cancelled'",
             data.service_id,
         )
         try:

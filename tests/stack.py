@@ -150,3 +150,65 @@ def mails_about(sink: MailSink, domain: str) -> list[SunkMessage]:
 
 def tree_files(root: Path) -> int:
     return sum(len(files) for _, _, files in os.walk(root))
+
+
+# --- helpers added for tests/test_integration.py (append-only) ----------------------
+
+
+async def add_mailbox(pool: asyncpg.Pool, service_id: int, maildir: Path) -> int:
+    """One more mailbox row for `service_id`, pointing at `maildir` (created with a mail)."""
+    mid = next(_ids)
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    (maildir / "cur" / f"{mid}.mail:2,S").write_text("Subject: extra\n\ncuerpo\n")
+    await pool.execute(
+        "insert into mailboxes (id, service_id, address, maildir) values ($1,$2,$3,$4)",
+        mid,
+        service_id,
+        f"extra{mid}@example.test",
+        str(maildir),
+    )
+    return mid
+
+
+async def add_invoice(
+    pool: asyncpg.Pool, service_id: int, period_start: date, period_end: date, status: str
+) -> int:
+    iid = next(_ids)
+    await pool.execute(
+        "insert into invoices (id, service_id, period_start, period_end, amount_cents, status)"
+        " values ($1,$2,$3,$4,1000,$5)",
+        iid,
+        service_id,
+        period_start,
+        period_end,
+        status,
+    )
+    return iid
+
+
+async def add_mandate(pool: asyncpg.Pool, service_id: int, status: str = "active") -> int:
+    mid = next(_ids)
+    await pool.execute(
+        "insert into debit_mandates (id, service_id, status) values ($1,$2,$3)",
+        mid,
+        service_id,
+        status,
+    )
+    return mid
+
+
+def tree_snapshot(root: Path) -> dict[str, str]:
+    """Every entry below `root` (links not followed) with its content or link target."""
+    snap: dict[str, str] = {}
+    for base, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(base) / name
+            rel = str(path.relative_to(root))
+            if path.is_symlink():
+                snap[rel] = "-> " + os.readlink(path)
+            elif path.is_file():
+                snap[rel] = path.read_text()
+            else:
+                snap[rel] = "<dir>"
+    return snap
