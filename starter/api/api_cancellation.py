@@ -1,0 +1,179 @@
+"""The cancellation of one service: request, confirm, resend, withdraw, status (contract 5).
+
+Every route first finds the service in the panel database as this customer's (404
+otherwise, the same for a missing service and a stranger's), then talks to Temporal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Response
+from temporalio.client import WorkflowFailureError
+from temporalio.service import RPCError
+
+from bajas.models import CancellationStatus, State
+from starter.api import store, views
+from starter.api.deps import ClientDep, ServiceDep, SettingsDep, require_token
+from starter.api.errors import ApiError
+from starter.api.schemas import (
+    CancellationView,
+    ConfirmAnswer,
+    ConfirmBody,
+    ErrorBody,
+    RequestBody,
+    ResendAnswer,
+)
+from starter.client import CancellationClient, CancellationError, CancellationNotFound
+
+router = APIRouter(
+    prefix="/api/customers/{cid}/services/{sid}/cancellation",
+    tags=["cancellation"],
+    dependencies=[Depends(require_token)],
+    responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+)
+
+# A request that meets a run just ending (locked, expired) waits for it, then starts anew.
+REQUEST_ATTEMPTS = 3
+
+
+def _no_cancellation(service: store.Service) -> ApiError:
+    return ApiError(404, f"no cancellation for service {service.id}")
+
+
+async def _refusal(
+    cancellations: CancellationClient, service: store.Service, what: str, err: Exception
+) -> ApiError:
+    """404 when the service never had a cancellation, else 409 with where it stands now."""
+    status = await views.status_of(cancellations, service)
+    if status is None:
+        return _no_cancellation(service)
+    if status.state.is_final:
+        reason = f"the cancellation has ended ({status.state.value})"
+    else:
+        reason = str(err).removeprefix("cannot withdraw: ")
+    return ApiError.conflict(f"{what}: {reason}", status)
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=CancellationView,
+    responses={409: {"model": ErrorBody}},
+)
+async def request_cancellation(
+    service: ServiceDep,
+    cancellations: ClientDep,
+    settings: SettingsDep,
+    response: Response,
+    body: Annotated[RequestBody | None, Body()] = None,
+) -> CancellationView:
+    """Request the cancellation; a repeated request answers the one in progress."""
+    if service.status == "cancelled":
+        raise ApiError(409, f"service {service.id} is already cancelled")
+    body = body or RequestBody()
+    for _ in range(REQUEST_ATTEMPTS):
+        try:
+            answer = await cancellations.request(
+                service.id,
+                service.customer_id,
+                requested_by=body.requested_by,
+                reason=body.reason,
+            )
+        except CancellationNotFound as err:
+            raise _no_cancellation(service) from err
+        except CancellationError as err:
+            raise await _refusal(cancellations, service, "cannot request", err) from err
+        status = answer.status
+        if status.state is State.REJECTED:
+            raise ApiError.conflict(
+                f"the cancellation was rejected: {status.rejection_reason}", status
+            )
+        if not status.state.is_final:
+            break
+        # The run we met is just ending: let it close, then start a fresh one.
+        await _wait_closed(cancellations, service.id)
+    else:
+        raise ApiError.conflict("the previous cancellation is still closing; try again", status)
+    response.headers["Location"] = (
+        f"/api/customers/{service.customer_id}/services/{service.id}/cancellation"
+    )
+    view = views.cancellation_view(status, service, settings)
+    if view.billing_preview is None:
+        view.billing_preview = views.billing_preview(service, settings)
+    return view.model_copy(update={"run_id": answer.run_id})
+
+
+async def _wait_closed(cancellations: CancellationClient, service_id: int) -> None:
+    try:
+        await asyncio.wait_for(cancellations.result(service_id), timeout=10)
+    except (TimeoutError, CancellationError, WorkflowFailureError, RPCError):
+        await asyncio.sleep(0.2)  # any end (or none) will do: the next start decides
+
+
+@router.get("", response_model=CancellationView)
+async def cancellation_status(
+    service: ServiceDep, cancellations: ClientDep, settings: SettingsDep
+) -> CancellationView:
+    """The `status` query of the service's latest cancellation."""
+    status = await views.status_of(cancellations, service)
+    if status is None:
+        raise _no_cancellation(service)
+    return views.cancellation_view(status, service, settings)
+
+
+@router.post(
+    "/confirm",
+    response_model=ConfirmAnswer,
+    responses={409: {"model": ErrorBody}},
+)
+async def confirm_cancellation(
+    service: ServiceDep, body: ConfirmBody, cancellations: ClientDep
+) -> ConfirmAnswer:
+    """Check the code synchronously (`confirm_code` update); 422 with attempts_left if wrong."""
+    try:
+        result = await cancellations.confirm(service.id, body.code)
+    except CancellationError as err:
+        raise await _refusal(cancellations, service, "the code cannot be taken", err) from err
+    if not result.accepted:
+        detail = "wrong or expired confirmation code"
+        if result.state is State.LOCKED:
+            detail += "; too many wrong codes, the cancellation is locked"
+        elif result.state is not State.AWAITING_CONFIRMATION:
+            detail = f"the cancellation is {result.state.value}, not awaiting confirmation"
+        raise ApiError(422, detail, state=result.state, attempts_left=result.attempts_left)
+    return ConfirmAnswer(**result.model_dump())
+
+
+@router.post(
+    "/resend",
+    response_model=ResendAnswer,
+    responses={409: {"model": ErrorBody}},
+)
+async def resend_code(service: ServiceDep, cancellations: ClientDep) -> ResendAnswer:
+    """Mail a new code; the previous one stops working."""
+    try:
+        result = await cancellations.resend(service.id)
+    except CancellationError as err:
+        raise await _refusal(cancellations, service, "a new code cannot be sent", err) from err
+    return ResendAnswer(**result.model_dump())
+
+
+@router.delete(
+    "",
+    response_model=CancellationView,
+    responses={409: {"model": ErrorBody}},
+)
+async def withdraw_cancellation(
+    service: ServiceDep, cancellations: ClientDep, settings: SettingsDep
+) -> CancellationView:
+    """Withdraw a cancellation still awaiting its code (state becomes withdrawn)."""
+    current = await views.status_of(cancellations, service)
+    if current is None:
+        raise _no_cancellation(service)
+    try:
+        status: CancellationStatus = await cancellations.withdraw(service.id, by="api")
+    except CancellationError as err:
+        raise await _refusal(cancellations, service, "cannot withdraw", err) from err
+    return views.cancellation_view(status, service, settings)

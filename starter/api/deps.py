@@ -1,0 +1,164 @@
+"""Annotated dependencies shared by the routers: settings, pool, client, who is asking."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import asyncpg
+from fastapi import Depends, Form, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.templating import Jinja2Templates
+from temporalio.client import Client
+
+from bajas.config import Settings
+from bajas.mailsink import MailSink
+from starter.api import store
+from starter.api.security import token_matches
+from starter.client import CancellationClient
+
+
+@dataclass
+class Runtime:
+    """What the app runs on; the lifespan fills in what create_app was not given."""
+
+    settings: Settings
+    token: str
+    templates: Jinja2Templates
+    client: Client | None = None
+    pool: asyncpg.Pool | None = None
+    mail_sink: MailSink | None = None
+
+    @property
+    def cancellations(self) -> CancellationClient:
+        assert self.client is not None, "the app's lifespan has not run"
+        return CancellationClient(self.client, self.settings.temporal_task_queue)
+
+
+def runtime(request: Request) -> Runtime:
+    return request.app.state.bajas  # type: ignore[no-any-return]
+
+
+RuntimeDep = Annotated[Runtime, Depends(runtime)]
+
+
+def _settings(rt: RuntimeDep) -> Settings:
+    return rt.settings
+
+
+def _pool(rt: RuntimeDep) -> asyncpg.Pool:
+    assert rt.pool is not None, "the app's lifespan has not run"
+    return rt.pool
+
+
+def _cancellations(rt: RuntimeDep) -> CancellationClient:
+    return rt.cancellations
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
+ClientDep = Annotated[CancellationClient, Depends(_cancellations)]
+
+
+# ---- the HTTP API ------------------------------------------------------------------------
+
+_bearer = HTTPBearer(auto_error=False, description="PANEL_API_TOKEN")
+
+
+def require_token(
+    rt: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Constant-time check of `Authorization: Bearer $PANEL_API_TOKEN`."""
+    if credentials is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="missing bearer token: send Authorization: Bearer $PANEL_API_TOKEN",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not token_matches(credentials.credentials, rt.token):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="invalid bearer token",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+
+
+async def _api_customer(cid: int, pool: PoolDep) -> store.Customer:
+    customer = await store.customer(pool, cid)
+    if customer is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"customer {cid} not found")
+    return customer
+
+
+async def _api_service(cid: int, sid: int, pool: PoolDep) -> store.Service:
+    """The panel database decides ownership before anything reaches Temporal."""
+    service = await store.owned_service(pool, cid, sid)
+    if service is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, detail=f"service {sid} not found for customer {cid}"
+        )
+    return service
+
+
+CustomerDep = Annotated[store.Customer, Depends(_api_customer)]
+ServiceDep = Annotated[store.Service, Depends(_api_service)]
+
+
+# ---- the customer panel ------------------------------------------------------------------
+
+
+class PanelRedirect(Exception):
+    """Send the browser elsewhere (sign-in page) with a 303."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+
+class PanelError(Exception):
+    """An error page in Spanish."""
+
+    def __init__(self, status_code: int, title: str, message: str) -> None:
+        self.status_code = status_code
+        self.title = title
+        self.message = message
+
+
+def panel_not_found() -> PanelError:
+    return PanelError(404, "No encontrado", "No encontramos esa página o ese servicio.")
+
+
+async def _signed_in(request: Request, pool: PoolDep) -> store.Customer:
+    customer_id = request.session.get("customer_id")
+    customer = await store.customer(pool, customer_id) if isinstance(customer_id, int) else None
+    if customer is None:
+        request.session.pop("customer_id", None)
+        raise PanelRedirect(str(request.url_for("sign_in_form")))
+    return customer
+
+
+SignedInDep = Annotated[store.Customer, Depends(_signed_in)]
+
+
+async def _panel_service(sid: int, customer: SignedInDep, pool: PoolDep) -> store.Service:
+    service = await store.owned_service(pool, customer.id, sid)
+    if service is None:
+        raise panel_not_found()
+    return service
+
+
+PanelServiceDep = Annotated[store.Service, Depends(_panel_service)]
+
+
+def check_csrf(request: Request, csrf_token: Annotated[str, Form()] = "") -> None:
+    """Every panel form carries the session's token in a hidden field."""
+    expected = request.session.get("csrf")
+    if not expected or not csrf_token or not token_matches(csrf_token, expected):
+        raise PanelError(
+            403,
+            "Formulario vencido",
+            "El formulario venció o no es válido. Vuelva a la página e inténtelo de nuevo.",
+        )
+
+
+CsrfDep = Depends(check_csrf)

@@ -1,0 +1,44 @@
+"""Errors the API answers as JSON `{"detail": "..."}` (with the state when it helps)."""
+
+from __future__ import annotations
+
+from bajas.models import CancellationStatus, State
+from starter.api.schemas import ErrorBody
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status_code: int,
+        detail: str,
+        *,
+        state: State | None = None,
+        attempts_left: int | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.body = ErrorBody(detail=detail, state=state, attempts_left=attempts_left)
+
+    @classmethod
+    def conflict(cls, detail: str, status: CancellationStatus | None = None) -> ApiError:
+        return cls(
+            409,
+            detail,
+            state=status.state if status else None,
+            attempts_left=status.attempts_left if status else None,
+        )
+
+
+def validation_message(errors: list[dict[str, object]]) -> str:
+    """One readable line out of pydantic's error list."""
+    parts = []
+    for error in errors:
+        loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "path", "query")]  # type: ignore[attr-defined]
+        msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        if error.get("type") == "json_invalid":
+            msg = "the body is not valid JSON"
+            loc = []
+        elif not loc and error.get("type") in ("model_attributes_type", "dict_type"):
+            msg = "the body must be a JSON object"
+        parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
+    return "invalid request: " + "; ".join(parts)

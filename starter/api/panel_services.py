@@ -1,0 +1,214 @@
+"""The panel's "Servicios": each service, its state, and the steps of a cancellation.
+
+Pages answer GET; every action is a POST form with the session's CSRF token that ends
+in a redirect (303) to the service's page, where a flash message says what happened.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from bajas.models import CODE_LENGTH, State, is_well_formed_code
+from starter.api import store, views
+from starter.api.deps import (
+    ClientDep,
+    CsrfDep,
+    PanelServiceDep,
+    PoolDep,
+    SettingsDep,
+    SignedInDep,
+)
+from starter.api.panel_ui import ServiceCard, flash, render
+from starter.client import CancellationError, CancellationNotFound
+
+router = APIRouter(prefix="/panel", include_in_schema=False)
+
+
+def _to_service(request: Request, service: store.Service) -> RedirectResponse:
+    return RedirectResponse(request.url_for("service", sid=service.id), status_code=303)
+
+
+async def _card(pool: PoolDep, cancellations: ClientDep, service: store.Service) -> ServiceCard:
+    """The service with its latest cancellation, running or ended."""
+    latest = (await store.latest_requests(pool, [service.id])).get(service.id)
+    if latest is None:
+        return ServiceCard(service, None)
+    status = await views.status_of(cancellations, service)
+    if status is None:
+        return ServiceCard(service, None)
+    if status.state.is_final:
+        return ServiceCard(service, None, ended=status)
+    return ServiceCard(service, status)
+
+
+@router.get("/", response_class=HTMLResponse, name="services")
+async def services(
+    request: Request, customer: SignedInDep, pool: PoolDep, cancellations: ClientDep
+) -> Response:
+    """ "Servicios": every service of the signed-in customer with its state."""
+    pairs = await views.services_with_cancellations(pool, cancellations, customer.id)
+    cards = [ServiceCard(s, status) for s, status in pairs]
+    return render(
+        request,
+        "services.html",
+        {
+            "customer": customer,
+            "cards": cards,
+            "refresh": any(c.deprovisioning for c in cards),
+        },
+    )
+
+
+@router.get("/servicios/{sid}", response_class=HTMLResponse, name="service")
+async def service_page(
+    request: Request,
+    customer: SignedInDep,
+    service: PanelServiceDep,
+    pool: PoolDep,
+    cancellations: ClientDep,
+) -> Response:
+    """One service: its state, the code form while pending, progress while deprovisioning."""
+    card = await _card(pool, cancellations, service)
+    return render(
+        request,
+        "service.html",
+        {
+            "customer": customer,
+            "card": card,
+            "refresh": card.deprovisioning,
+            "code_length": CODE_LENGTH,
+        },
+    )
+
+
+@router.get("/servicios/{sid}/baja", response_class=HTMLResponse, name="request_preview")
+async def request_preview(
+    request: Request,
+    customer: SignedInDep,
+    service: PanelServiceDep,
+    pool: PoolDep,
+    cancellations: ClientDep,
+    settings: SettingsDep,
+) -> Response:
+    """What a cancellation would delete and cost, before it is requested."""
+    card = await _card(pool, cancellations, service)
+    if not card.can_request:
+        return _to_service(request, service)
+    return render(
+        request,
+        "request_preview.html",
+        {
+            "customer": customer,
+            "card": card,
+            "mailboxes": await store.mailbox_addresses(pool, service.id),
+            "preview": views.billing_preview(service, settings),
+        },
+    )
+
+
+@router.post("/servicios/{sid}/baja", dependencies=[CsrfDep], name="request_cancellation")
+async def request_cancellation(
+    request: Request, customer: SignedInDep, service: PanelServiceDep, cancellations: ClientDep
+) -> Response:
+    """ "Solicitar baja del servicio": start it (or meet the one in progress)."""
+    if service.status == "cancelled":
+        flash(request, "Este servicio ya está dado de baja.", "error")
+        return _to_service(request, service)
+    try:
+        answer = await cancellations.request(service.id, customer.id, requested_by="panel")
+    except CancellationError:
+        flash(request, "No pudimos registrar la solicitud. Inténtelo de nuevo.", "error")
+        return _to_service(request, service)
+    state = answer.status.state
+    if state is State.AWAITING_CONFIRMATION:
+        flash(
+            request,
+            f"Le enviamos un código de confirmación a {customer.email}. "
+            "Ingréselo abajo para confirmar la baja.",
+            "ok",
+        )
+    elif state is State.REJECTED:
+        flash(request, "No se puede dar de baja este servicio.", "error")
+    elif state.is_final:
+        flash(request, "La solicitud anterior acaba de terminar. Vuelva a solicitar la baja.")
+    return _to_service(request, service)
+
+
+@router.post("/servicios/{sid}/confirmar", dependencies=[CsrfDep], name="confirm_cancellation")
+async def confirm_cancellation(
+    request: Request,
+    service: PanelServiceDep,
+    cancellations: ClientDep,
+    codigo: Annotated[str, Form(max_length=64)] = "",
+) -> Response:
+    """ "Confirmar baja del servicio" with the code; a wrong one says the attempts left."""
+    code = "".join(codigo.split())
+    if not is_well_formed_code(code):
+        flash(request, f"El código de confirmación tiene {CODE_LENGTH} dígitos.", "error")
+        return _to_service(request, service)
+    try:
+        result = await cancellations.confirm(service.id, code)
+    except CancellationNotFound:
+        flash(request, "No hay una solicitud de baja pendiente para este servicio.", "error")
+        return _to_service(request, service)
+    except CancellationError:
+        flash(request, "La solicitud de baja ya no espera un código.", "error")
+        return _to_service(request, service)
+    if result.accepted:
+        flash(
+            request,
+            "Baja confirmada. Se completará dentro de las 24 horas; le avisaremos por correo.",
+            "ok",
+        )
+    elif result.state is State.LOCKED:
+        flash(
+            request,
+            "Código incorrecto. No quedan intentos: la solicitud quedó bloqueada. "
+            "Puede solicitar la baja de nuevo.",
+            "error",
+        )
+    elif result.state is State.AWAITING_CONFIRMATION:
+        flash(
+            request,
+            f"Código incorrecto o vencido. Le quedan {result.attempts_left} intentos restantes.",
+            "error",
+        )
+    else:
+        flash(request, "La solicitud de baja ya no espera un código.", "error")
+    return _to_service(request, service)
+
+
+@router.post("/servicios/{sid}/reenviar", dependencies=[CsrfDep], name="resend_code")
+async def resend_code(
+    request: Request, customer: SignedInDep, service: PanelServiceDep, cancellations: ClientDep
+) -> Response:
+    """ "Reenviar código": a new code by mail; the previous one stops working."""
+    try:
+        result = await cancellations.resend(service.id)
+    except CancellationError:
+        flash(request, "No se puede enviar un código nuevo ahora.", "error")
+        return _to_service(request, service)
+    flash(
+        request,
+        f"Le enviamos un código nuevo a {customer.email}; el anterior ya no sirve. "
+        f"Reenvíos disponibles: {result.resends_left}.",
+        "ok",
+    )
+    return _to_service(request, service)
+
+
+@router.post("/servicios/{sid}/desistir", dependencies=[CsrfDep], name="withdraw_cancellation")
+async def withdraw_cancellation(
+    request: Request, customer: SignedInDep, service: PanelServiceDep, cancellations: ClientDep
+) -> Response:
+    """ "Desistir": drop a cancellation still awaiting its code."""
+    try:
+        await cancellations.withdraw(service.id, by="panel")
+    except CancellationError:
+        flash(request, "Ya no se puede desistir de esta baja.", "error")
+        return _to_service(request, service)
+    flash(request, "Desistió de la baja. El servicio sigue como estaba.", "ok")
+    return _to_service(request, service)

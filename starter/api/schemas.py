@@ -1,0 +1,116 @@
+"""Bodies and answers of the HTTP API (contract section 5)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+from bajas.models import (
+    CODE_LENGTH,
+    BillingOutcome,
+    PaymentMethod,
+    State,
+    Steps,
+    is_well_formed_code,
+)
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: a message fit to show, sometimes with the cancellation's state."""
+
+    detail: str
+    state: State | None = None
+    attempts_left: int | None = None
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="on a malformed request: pydantic's errors, one per field"
+    )
+
+
+class BillingPreview(BaseModel):
+    """What cancelling now would mean for billing (contract section 1), in the customer's words."""
+
+    outcome: BillingOutcome
+    text: str = Field(description="OUTCOME_TEXT_ES of the outcome")
+    debit_warning: str | None = Field(
+        default=None, description="the automatic-debit deadline warning, for auto-debit payers"
+    )
+
+
+class CancellationView(BaseModel):
+    """The `status` query of a service's cancellation, with the preview spelled out."""
+
+    workflow_id: str
+    run_id: str | None = Field(default=None, description="set on the answer to a request")
+    state: State
+    service_id: int
+    customer_id: int
+    requested_by: str
+    attempts_left: int
+    resends_left: int
+    code_sent: bool
+    code_expires_at: AwareDatetime | None = None
+    requested_at: AwareDatetime | None = None
+    confirmed_at: AwareDatetime | None = None
+    finished_at: AwareDatetime | None = None
+    billing_preview: BillingPreview | None = None
+    billing_outcome: BillingOutcome | None = None
+    rejection_reason: str | None = None
+    sla_at_risk: bool = False
+    steps: Steps
+
+
+class ServiceView(BaseModel):
+    """One of the customer's services as the panel database has it."""
+
+    id: int
+    domain: str
+    plan: str
+    status: str = Field(description="active | suspended | cancelled")
+    expires_on: date
+    payment_method: PaymentMethod | str
+    auto_renew: bool
+    cancelled_at: datetime | None = None
+    cancellation: CancellationView | None = Field(
+        default=None, description="the cancellation in progress, if any"
+    )
+
+
+class ServiceList(BaseModel):
+    customer_id: int
+    services: list[ServiceView]
+
+
+class RequestBody(BaseModel):
+    """Optional body of a cancellation request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requested_by: str = Field(default="panel", min_length=1, max_length=200)
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class ConfirmBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(description=f"the {CODE_LENGTH}-digit code from the mail")
+
+    @field_validator("code")
+    @classmethod
+    def _six_digits(cls, value: str) -> str:
+        value = value.strip()
+        if not is_well_formed_code(value):
+            raise ValueError(f"the confirmation code must be exactly {CODE_LENGTH} digits")
+        return value
+
+
+class ConfirmAnswer(BaseModel):
+    accepted: bool
+    attempts_left: int
+    state: State
+
+
+class ResendAnswer(BaseModel):
+    code_expires_at: AwareDatetime
+    resends_left: int

@@ -1,0 +1,86 @@
+"""Fixtures of the API and panel tests: the app on the real stack, an HTTP client, a server.
+
+Imported by tests/test_api.py and tests/test_panel_browser.py (tests/conftest.py belongs
+to the core and stays as it is).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import pytest_asyncio
+import uvicorn
+from fastapi import FastAPI
+from pydantic import SecretStr
+
+from bajas.config import Settings
+from bajas.mailsink import SunkMessage
+from starter.api.app import create_app
+from tests.conftest import Stack
+from tests.stack import free_port, mails_about
+
+TOKEN = "test-token-" + uuid.uuid4().hex
+
+
+@pytest.fixture(scope="session")
+def api_settings(stack: Stack) -> Settings:
+    return stack.settings.model_copy(update={"panel_api_token": SecretStr(TOKEN)})
+
+
+@pytest.fixture(scope="session")
+def app(stack: Stack, api_settings: Settings) -> FastAPI:
+    return create_app(api_settings, client=stack.client, pool=stack.pool, mail_sink=stack.mail)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def api(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An authenticated client of the API, in process."""
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://bajas.test",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=60,
+    ) as client:
+        yield client
+
+
+@dataclass
+class Server:
+    url: str
+
+
+@pytest_asyncio.fixture(scope="session")
+async def server(app: FastAPI) -> AsyncIterator[Server]:
+    """A real uvicorn server on a free port, on the tests' event loop (the pool lives there)."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    uv = uvicorn.Server(config)
+    task = asyncio.create_task(uv.serve())
+    for _ in range(200):
+        if uv.started:
+            break
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.05)
+    assert uv.started, "uvicorn did not start"
+    yield Server(url=f"http://127.0.0.1:{port}")
+    uv.should_exit = True
+    await asyncio.wait_for(task, 10)
+
+
+async def wait_for_mails(stack: Stack, domain: str, count: int) -> list[SunkMessage]:
+    for _ in range(200):
+        found = mails_about(stack.mail, domain)
+        if len(found) >= count:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"expected {count} mails about {domain}, got {len(found)}")
+
+
+def wrong(code: str) -> str:
+    return f"{(int(code) + 1) % 10**6:06d}"

@@ -1,0 +1,341 @@
+"""The customer panel in Debian's chromium (Playwright), on a real uvicorn server and stack.
+
+Also a few plain-HTTP checks of the panel: CSRF, sign-in required, the same message for
+an unknown number and a wrong clave. Screenshots go to docs/screenshots/.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+from argon2 import PasswordHasher
+
+from tests.conftest import Stack
+from tests.conftest_api import (  # noqa: F401 - fixtures
+    Server,
+    api_settings,
+    app,
+    server,
+    wrong,
+)
+from tests.stack import ServiceFixture
+
+pytestmark = [pytest.mark.integration]
+
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CLAVE = "una clave larga 123"
+CODE_RE = re.compile(r"es: (\d{6})")
+
+browser_needed = pytest.mark.skipif(
+    shutil.which(CHROMIUM) is None, reason="needs Debian's chromium (apt-get install chromium)"
+)
+
+
+async def customer_with_clave(stack: Stack) -> tuple[int, str, str]:
+    """(customer id, customer number, e-mail) of a new customer whose clave is CLAVE."""
+    cid, email = await stack.panel.customer(password_hash=PasswordHasher().hash(CLAVE))
+    number = await stack.pool.fetchval("select number from customers where id = $1", cid)
+    return cid, number, email
+
+
+@pytest_asyncio.fixture(scope="session")
+async def browser() -> AsyncIterator[object]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield b
+        await b.close()
+
+
+async def new_page(browser, server: Server):  # type: ignore[no-untyped-def]  # noqa: F811
+    context = await browser.new_context(
+        base_url=server.url, viewport={"width": 1000, "height": 720}, locale="es-AR"
+    )
+    return context, await context.new_page()
+
+
+async def sign_in(page, number: str, clave: str = CLAVE) -> None:  # type: ignore[no-untyped-def]
+    await page.goto("/panel/")
+    await page.get_by_label("Número de cliente").fill(number)
+    await page.get_by_label("Clave").fill(clave)
+    await page.get_by_role("button", name="Ingresar").click()
+
+
+async def shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+@browser_needed
+async def test_cancel_a_service_in_the_browser(
+    stack: Stack,
+    server: Server,  # noqa: F811
+    browser,  # type: ignore[no-untyped-def]
+) -> None:
+    cid, number, email = await customer_with_clave(stack)
+    svc: ServiceFixture = await stack.panel.service((cid, email), files=2500, mailboxes=2)
+    other = await stack.panel.service(
+        (cid, email), payment_method="auto_debit", mailboxes=1, files=1
+    )
+    await stack.panel.service((cid, email), status="suspended", mailboxes=0, files=1)
+    await stack.panel.service((cid, email), status="cancelled", mailboxes=0, files=1)
+
+    context, page = await new_page(browser, server)
+
+    # Sign-in: an unknown number and a wrong clave get the same message.
+    await page.goto("/panel/")
+    assert page.url.endswith("/panel/ingresar")
+    await shot(page, "01-sign-in")
+    await sign_in(page, number, "not the clave")
+    await page.get_by_text("Número de cliente o clave incorrectos.").wait_for()
+    await sign_in(page, "no-such-number")
+    await page.get_by_text("Número de cliente o clave incorrectos.").wait_for()
+    await sign_in(page, number)
+    await page.get_by_role("heading", name="Servicios").wait_for()
+    body = await page.inner_text("main")
+    for word in ("activo", "suspendido", "dado de baja"):
+        assert word in body
+    await shot(page, "02-services")
+
+    # "Solicitar baja del servicio" first shows what will be lost and the billing outcome.
+    card = page.locator(f"#servicio-{svc.service_id}")
+    await card.get_by_role("button", name="Solicitar baja del servicio").click()
+    await page.get_by_role("heading", name=f"Baja del servicio {svc.domain}").wait_for()
+    preview = await page.inner_text("main")
+    assert f"buzon0@{svc.domain}" in preview and f"buzon1@{svc.domain}" in preview
+    assert "no habrá más cargos" in preview
+    await shot(page, "03-request-preview")
+    await page.get_by_role("button", name="Solicitar baja del servicio").click()
+    await page.get_by_label("Código de confirmación").wait_for()
+    text = await page.inner_text("main")
+    assert "baja pendiente de confirmación" in text
+    assert email in text
+    await page.get_by_role("button", name="Reenviar código").wait_for()
+    await page.get_by_role("button", name="Desistir").wait_for()
+
+    # The code, read where a person trying the demo reads it: the dev mail viewer.
+    await page.get_by_role("link", name="Correo recibido (solo desarrollo)").click()
+    await page.get_by_role("heading", name="Correo recibido").wait_for()
+    await shot(page, "06-mail-viewer")
+    await page.get_by_role(
+        "link", name=f"Código de confirmación para la baja de {svc.domain}"
+    ).click()
+    mail_body = await page.inner_text("pre.body")
+    match = CODE_RE.search(mail_body)
+    assert match, mail_body
+    code = match.group(1)
+    await shot(page, "07-mail-message")
+
+    # A wrong code says how many attempts remain.
+    await page.goto(f"/panel/servicios/{svc.service_id}")
+    await page.get_by_label("Código de confirmación").fill(wrong(code))
+    await page.get_by_role("button", name="Confirmar baja del servicio").click()
+    await page.get_by_text("intentos restantes").first.wait_for()
+    assert "4 intentos restantes" in await page.inner_text("main")
+    await shot(page, "04-confirm-wrong-code")
+
+    # The right code: the cancellation runs, then the service is "dado de baja".
+    await page.get_by_label("Código de confirmación").fill(code)
+    await page.get_by_role("button", name="Confirmar baja del servicio").click()
+    await page.get_by_text("Baja confirmada").first.wait_for()
+    await shot(page, "05-deprovisioning")
+    for _ in range(100):
+        state = await page.inner_text(f"#servicio-{svc.service_id} .state")
+        if state == "dado de baja":
+            break
+        await page.wait_for_timeout(300)
+        await page.reload()
+    assert state == "dado de baja"
+    await shot(page, "05-done")
+    await page.goto("/panel/")
+    assert await page.inner_text(f"#servicio-{svc.service_id} .state") == "dado de baja"
+    assert await page.inner_text(f"#servicio-{other.service_id} .state") == "activo"
+
+    # Another customer never sees or acts on this customer's service, whatever the URL.
+    stranger_cid, stranger_number, stranger_email = await customer_with_clave(stack)
+    await stack.panel.service((stranger_cid, stranger_email), mailboxes=0, files=1)
+    context2, page2 = await new_page(browser, server)
+    await sign_in(page2, stranger_number)
+    await page2.get_by_role("heading", name="Servicios").wait_for()
+    assert other.domain not in await page2.inner_text("main")
+    for path in (
+        f"/panel/servicios/{other.service_id}",
+        f"/panel/servicios/{other.service_id}/baja",
+        "/panel/servicios/999999999999",
+        "/panel/servicios/abc",
+    ):
+        response = await page2.goto(path)
+        assert response is not None and response.status == 404, path
+        assert "No encontrado" in await page2.inner_text("main")
+        assert other.domain not in await page2.content()
+    await shot(page2, "08-not-found")
+    # Posting to the other's service with a valid form of its own session: 404, nothing started.
+    await page2.goto("/panel/")
+    token = await page2.locator("input[name=csrf_token]").first.get_attribute("value")
+    answer = await page2.request.post(
+        f"/panel/servicios/{other.service_id}/baja", form={"csrf_token": token or ""}
+    )
+    assert answer.status == 404
+    assert (
+        await stack.pool.fetchval(
+            "select count(*) from bajas.cancellation_requests where service_id = $1",
+            other.service_id,
+        )
+        == 0
+    )
+
+    # Sign-out.
+    await page.get_by_role("button", name="Salir").click()
+    await page.get_by_label("Número de cliente").wait_for()
+    await page.goto(f"/panel/servicios/{svc.service_id}")
+    assert page.url.endswith("/panel/ingresar")
+    await context.close()
+    await context2.close()
+
+
+# ---- plain HTTP: CSRF and sign-in -------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:  # noqa: F811
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        yield client
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "no CSRF field"
+    return match.group(1)
+
+
+async def test_panel_needs_sign_in(http: httpx.AsyncClient, stack: Stack) -> None:
+    svc = await stack.panel.service()
+    for path in ("/panel/", f"/panel/servicios/{svc.service_id}", "/"):
+        r = await http.get(path, follow_redirects=True)
+        assert r.status_code == 200
+        assert r.url.path == "/panel/ingresar"
+        assert "Número de cliente" in r.text and "Ingresar" in r.text
+    r = await http.post(f"/panel/servicios/{svc.service_id}/baja", data={"csrf_token": "x"})
+    assert r.status_code in (303, 403)
+    assert (
+        await stack.pool.fetchval(
+            "select count(*) from bajas.cancellation_requests where service_id = $1", svc.service_id
+        )
+        == 0
+    )
+
+
+async def test_forms_without_the_csrf_token_are_refused(
+    http: httpx.AsyncClient, stack: Stack
+) -> None:
+    cid, number, _ = await customer_with_clave(stack)
+    svc = await stack.panel.service((cid, "x@example.test"), mailboxes=0, files=1)
+    form = await http.get("/panel/ingresar")
+    r = await http.post("/panel/ingresar", data={"numero": number, "clave": CLAVE})
+    assert r.status_code == 403
+    assert "Formulario vencido" in r.text
+    r = await http.post(
+        "/panel/ingresar",
+        data={"numero": number, "clave": CLAVE, "csrf_token": csrf_of(form.text)},
+    )
+    assert r.status_code == 303
+    page = await http.get("/panel/")
+    assert "Servicios" in page.text
+    for token in ("", "forged"):
+        r = await http.post(f"/panel/servicios/{svc.service_id}/baja", data={"csrf_token": token})
+        assert r.status_code == 403
+    assert (
+        await stack.pool.fetchval(
+            "select count(*) from bajas.cancellation_requests where service_id = $1", svc.service_id
+        )
+        == 0
+    )
+    # Pages carry the protective headers.
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+
+
+async def test_same_message_for_unknown_number_and_wrong_clave(
+    http: httpx.AsyncClient, stack: Stack
+) -> None:
+    _, number, _ = await customer_with_clave(stack)
+    no_hash, _ = await stack.panel.customer()
+    no_hash_number = f"C{no_hash}"
+    answers = []
+    for numero, clave in (
+        (number, "wrong clave"),
+        ("nobody-has-this-number", CLAVE),
+        (no_hash_number, CLAVE),
+        ("", ""),
+    ):
+        token = csrf_of((await http.get("/panel/ingresar")).text)
+        r = await http.post(
+            "/panel/ingresar", data={"numero": numero, "clave": clave, "csrf_token": token}
+        )
+        answers.append((r.status_code, "Número de cliente o clave incorrectos." in r.text))
+    assert answers == [(200, True)] * 4
+
+
+async def test_mail_viewer_lists_messages(http: httpx.AsyncClient, stack: Stack) -> None:
+    r = await http.get("/dev/mail")
+    assert r.status_code == 200
+    assert "Correo recibido" in r.text
+    assert (await http.get("/dev/mail/999999")).status_code == 404
+
+
+async def http_sign_in(http: httpx.AsyncClient, number: str) -> None:
+    token = csrf_of((await http.get("/panel/ingresar")).text)
+    r = await http.post(
+        "/panel/ingresar", data={"numero": number, "clave": CLAVE, "csrf_token": token}
+    )
+    assert r.status_code == 303
+
+
+async def test_resend_and_withdraw_forms(http: httpx.AsyncClient, stack: Stack) -> None:
+    cid, number, email = await customer_with_clave(stack)
+    svc = await stack.panel.service((cid, email), mailboxes=1, files=1)
+    await http_sign_in(http, number)
+    page = f"/panel/servicios/{svc.service_id}"
+    token = csrf_of((await http.get(page)).text)
+
+    r = await http.post(page + "/baja", data={"csrf_token": token}, follow_redirects=True)
+    assert "baja pendiente de confirmación" in r.text
+    assert f"Le enviamos un código de confirmación a {email}" in r.text
+    # A malformed code is refused on the spot, without spending an attempt.
+    r = await http.post(
+        page + "/confirmar", data={"csrf_token": token, "codigo": "12"}, follow_redirects=True
+    )
+    assert "tiene 6 dígitos" in r.text
+    assert "Intentos restantes: 5." in r.text
+
+    r = await http.post(page + "/reenviar", data={"csrf_token": token}, follow_redirects=True)
+    assert "Le enviamos un código nuevo" in r.text
+    assert "Reenvíos disponibles: 2." in r.text
+
+    r = await http.post(page + "/desistir", data={"csrf_token": token}, follow_redirects=True)
+    assert "Desistió de la baja" in r.text
+    assert "Usted desistió de la solicitud de baja anterior." in r.text
+    assert '<span class="state active">activo</span>' in r.text
+    assert "Solicitar baja del servicio" in r.text
+
+    r = await http.post(page + "/desistir", data={"csrf_token": token}, follow_redirects=True)
+    assert "Ya no se puede desistir" in r.text
