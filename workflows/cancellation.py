@@ -129,8 +129,9 @@ class ServiceCancellation:
 
         assert self.check.expires_on is not None and self.check.payment_method is not None
         self.billing_preview = self._outcome_at(self.requested_at)
-        async with self.code_lock:
-            await self._issue_code(self.requested_at + self._window())
+        if self.state is State.AWAITING_CONFIRMATION:  # not withdrawn during the check
+            async with self.code_lock:
+                await self._issue_code(self.requested_at + self._window())
 
         await self._await_confirmation()
         if self.confirmed_at is None:
@@ -142,7 +143,7 @@ class ServiceCancellation:
 
     async def _await_confirmation(self) -> None:
         """Wait for a valid code, a withdrawal, a lock-out or the end of the window."""
-        while True:
+        while self.state is State.AWAITING_CONFIRMATION:
             assert self.code_expires_at is not None
             left = max(self.code_expires_at - workflow.now(), timedelta(seconds=1))
             try:
@@ -274,7 +275,7 @@ class ServiceCancellation:
         self.sla_at_risk = True
         workflow.upsert_search_attributes([SLA_AT_RISK.value_set(True)])
         self._publish()
-        await self._transition("sla_at_risk", None)
+        await self._transition("sla_at_risk", None, State.DEPROVISIONING)
         await self._notice(KIND_SLA_AT_RISK)
 
     # ---- activities used in several places ----------------------------------------------

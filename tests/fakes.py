@@ -1,0 +1,196 @@
+"""Fake activities under the real activity names, recording every call.
+
+The fake `issue_code` "mails" a code the tests can compute: generation 1 gets
+"123456", generation g >= 2 gets the digit g six times ("222222", "333333", ...).
+`verify_code` accepts only the current generation's code, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from bajas.models import (
+    BillingInput,
+    BillingResult,
+    DeprovisionInput,
+    FilesResult,
+    FinishInput,
+    IssueCodeInput,
+    IssueCodeResult,
+    MailboxesResult,
+    NoticeInput,
+    NoticeResult,
+    PaymentMethod,
+    ServiceCheck,
+    ServiceCheckInput,
+    TransitionInput,
+    VerifyCodeInput,
+    VerifyCodeResult,
+)
+
+DEPROVISIONING = ("close_billing", "delete_mailboxes", "delete_files", "finish_cancellation")
+
+INVOICES_VOIDED = 2
+MANDATES_REVOKED = 1
+MAILBOXES = 3
+FILES = 120
+DIRS = 7
+EXPIRES_IN = timedelta(days=400)
+
+
+def code_for(generation: int) -> str:
+    return "123456" if generation == 1 else str(generation) * 6
+
+
+def accepted_check(**overrides: Any) -> ServiceCheck:
+    """A service that may be cancelled, paid by automatic debit.
+
+    Without `expires_on` the fake `check_service` puts the expiry `EXPIRES_IN` after
+    the activity's (skipped) time, so the outcome is debit_cancelled however far the
+    shared test server's clock has moved.
+    """
+    values: dict[str, Any] = {
+        "accepted": True,
+        "domain": "ejemplo.com.ar",
+        "payment_method": PaymentMethod.AUTO_DEBIT,
+    }
+    values.update(overrides)
+    return ServiceCheck(**values)
+
+
+@dataclass
+class Call:
+    name: str
+    input: Any
+
+
+@dataclass
+class FakeActivities:
+    check: ServiceCheck = field(default_factory=accepted_check)
+    calls: list[Call] = field(default_factory=list)
+    # check_service waits on this gate when it is set to an Event
+    check_gate: asyncio.Event | None = None
+    check_started: asyncio.Event = field(default_factory=asyncio.Event)
+    # delete_files raises PathRefused this many times before it succeeds
+    files_refusals: int = 0
+    # delete_files raises a retryable error asking for these retry delays, one per attempt
+    files_retry_delays: list[timedelta] = field(default_factory=list)
+    # delete_files waits on this gate when it is set to an Event
+    files_gate: asyncio.Event | None = None
+    files_started: asyncio.Event = field(default_factory=asyncio.Event)
+    used_codes: set[tuple[int, str]] = field(default_factory=set)
+    # what check_service answered, expiry filled in
+    returned_checks: list[ServiceCheck] = field(default_factory=list)
+
+    # ---- what the tests read ------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return [c.name for c in self.calls]
+
+    def inputs(self, name: str) -> list[Any]:
+        return [c.input for c in self.calls if c.name == name]
+
+    def deprovisioning_calls(self) -> list[str]:
+        return [c.name for c in self.calls if c.name in DEPROVISIONING]
+
+    def notice_kinds(self) -> list[str]:
+        return [n.kind for n in self.inputs("send_notice")]
+
+    def events(self) -> list[str]:
+        return [t.event for t in self.inputs("record_transition")]
+
+    def activities(self) -> list[Any]:
+        return [
+            self.check_service,
+            self.issue_code,
+            self.verify_code,
+            self.record_transition,
+            self.close_billing,
+            self.delete_mailboxes,
+            self.delete_files,
+            self.finish_cancellation,
+            self.send_notice,
+        ]
+
+    def _record(self, name: str, data: BaseModel) -> None:
+        self.calls.append(Call(name, data.model_copy(deep=True)))
+
+    # ---- the fakes ------------------------------------------------------------------
+
+    @activity.defn(name="check_service")
+    async def check_service(self, data: ServiceCheckInput) -> ServiceCheck:
+        self._record("check_service", data)
+        self.check_started.set()
+        if self.check_gate is not None:
+            await self.check_gate.wait()
+        check = self.check.model_copy()
+        if check.accepted and check.expires_on is None:
+            now = activity.info().current_attempt_scheduled_time
+            local_today = now.astimezone(ZoneInfo(check.business_tz)).date()
+            check.expires_on = local_today + EXPIRES_IN
+        self.returned_checks.append(check)
+        return check
+
+    @activity.defn(name="issue_code")
+    async def issue_code(self, data: IssueCodeInput) -> IssueCodeResult:
+        self._record("issue_code", data)
+        return IssueCodeResult(generation=data.generation, expires_at=data.expires_at)
+
+    @activity.defn(name="verify_code")
+    async def verify_code(self, data: VerifyCodeInput) -> VerifyCodeResult:
+        self._record("verify_code", data)
+        key = (data.generation, data.code)
+        accepted = data.code == code_for(data.generation) and key not in self.used_codes
+        if accepted:
+            self.used_codes.add(key)
+        return VerifyCodeResult(accepted=accepted)
+
+    @activity.defn(name="record_transition")
+    async def record_transition(self, entry: TransitionInput) -> None:
+        self._record("record_transition", entry)
+
+    @activity.defn(name="close_billing")
+    async def close_billing(self, data: BillingInput) -> BillingResult:
+        self._record("close_billing", data)
+        return BillingResult(invoices_voided=INVOICES_VOIDED, mandates_revoked=MANDATES_REVOKED)
+
+    @activity.defn(name="delete_mailboxes")
+    async def delete_mailboxes(self, data: DeprovisionInput) -> MailboxesResult:
+        self._record("delete_mailboxes", data)
+        return MailboxesResult(mailboxes_deleted=MAILBOXES, mailboxes_total=MAILBOXES)
+
+    @activity.defn(name="delete_files")
+    async def delete_files(self, data: DeprovisionInput) -> FilesResult:
+        self._record("delete_files", data)
+        self.files_started.set()
+        if self.files_refusals > 0:
+            self.files_refusals -= 1
+            raise ApplicationError(
+                "document_root /srv/otro is not inside HOSTING_ROOT",
+                type="PathRefused",
+                non_retryable=True,
+            )
+        if self.files_retry_delays:
+            raise ApplicationError(
+                "file server busy", type="Busy", next_retry_delay=self.files_retry_delays.pop(0)
+            )
+        if self.files_gate is not None:
+            await self.files_gate.wait()
+        return FilesResult(files_deleted=FILES, dirs_deleted=DIRS)
+
+    @activity.defn(name="finish_cancellation")
+    async def finish_cancellation(self, data: FinishInput) -> None:
+        self._record("finish_cancellation", data)
+
+    @activity.defn(name="send_notice")
+    async def send_notice(self, data: NoticeInput) -> NoticeResult:
+        self._record("send_notice", data)
+        return NoticeResult(sent=True)

@@ -1,0 +1,815 @@
+"""The real `ServiceCancellation` on the time-skipping test server, with fake activities.
+
+Time skips only while a test awaits `result()` of a started handle or calls
+`env.sleep`; it never skips while an activity is running, so a blocked fake
+activity holds the clock. The server is shared by the session and its clock only
+moves forward, sometimes by years (right after an awaited result it jumps to the
+next timer it still holds, stale ones included): dates are derived from
+`env.get_current_time()` or from the activity's scheduled time, never fixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import pytest_asyncio
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import WorkflowHandle, WorkflowQueryFailedError, WorkflowUpdateFailedError
+from temporalio.common import SearchAttributeIndexedValueType
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from bajas.models import (
+    MAX_RESENDS,
+    MAX_WRONG_CODES,
+    BillingInput,
+    BillingOutcome,
+    CancellationInput,
+    CancellationResult,
+    CancellationStatus,
+    ConfirmInput,
+    DeprovisionInput,
+    FinishInput,
+    IssueCodeInput,
+    NoticeInput,
+    PaymentMethod,
+    ResendInput,
+    ServiceCheckInput,
+    State,
+    StepStatus,
+    VerifyCodeInput,
+    WithdrawInput,
+)
+from tests import fakes
+from tests.fakes import FakeActivities, accepted_check, code_for
+from workflows import rules
+from workflows.cancellation import ServiceCancellation
+from workflows.sandbox import workflow_runner
+from workflows.search_attributes import (
+    ALL as SEARCH_ATTRIBUTES,
+)
+from workflows.search_attributes import (
+    CANCELLATION_STATE,
+    CUSTOMER_ID,
+    SERVICE_ID,
+    SLA_AT_RISK,
+    workflow_id_for,
+)
+
+BUSINESS_TZ = "America/Argentina/Buenos_Aires"
+CUSTOMER = 7
+WINDOW = timedelta(seconds=86400)
+_ids = itertools.count(1)
+
+_INDEXED = {
+    SearchAttributeIndexedValueType.KEYWORD: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+    SearchAttributeIndexedValueType.BOOL: IndexedValueType.INDEXED_VALUE_TYPE_BOOL,
+}
+
+
+async def start_server() -> WorkflowEnvironment:
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=shutil.which("temporal-test-server"),
+        data_converter=pydantic_data_converter,
+    )
+    # Unregistered, every upsert fails the workflow task ("search attribute
+    # ServiceId is not defined") and the workflow hangs. The test server has no
+    # ListSearchAttributes, but AddSearchAttributes works.
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=env.client.namespace,
+            search_attributes={k.name: _INDEXED[k.indexed_value_type] for k in SEARCH_ATTRIBUTES},
+        )
+    )
+    return env
+
+
+class SharedServer:
+    """One time-skipping server for the session, replaced if a failed test broke its clock.
+
+    A test that ends while its run still has an activity in flight (a failed
+    assertion mid-deprovisioning) leaves the test server unable to skip time ever
+    again; without a new server every later test would fail with a timeout.
+    """
+
+    def __init__(self) -> None:
+        self.env: WorkflowEnvironment | None = None
+
+    async def get(self) -> WorkflowEnvironment:
+        if self.env is not None and not await self._skips_time(self.env):
+            await self.env.shutdown()
+            self.env = None
+        if self.env is None:
+            self.env = await start_server()
+        return self.env
+
+    @staticmethod
+    async def _skips_time(env: WorkflowEnvironment) -> bool:
+        try:
+            await asyncio.wait_for(env.sleep(timedelta(minutes=1)), timeout=5)
+        except TimeoutError:
+            return False
+        return True
+
+    async def shutdown(self) -> None:
+        if self.env is not None:
+            await self.env.shutdown()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def server() -> AsyncIterator[SharedServer]:
+    server = SharedServer()
+    yield server
+    await server.shutdown()
+
+
+@dataclass
+class Harness:
+    env: WorkflowEnvironment
+    fakes: FakeActivities
+    task_queue: str
+    service_id: int
+    handles: list[WorkflowHandle[Any, Any]] = field(default_factory=list)
+
+    async def start(self, **overrides: Any) -> WorkflowHandle[Any, CancellationResult]:
+        data = CancellationInput(
+            service_id=self.service_id, customer_id=CUSTOMER, requested_by="panel"
+        ).model_copy(update=overrides)
+        handle = await self.env.client.start_workflow(
+            ServiceCancellation.run,
+            data,
+            id=workflow_id_for(self.service_id),
+            task_queue=self.task_queue,
+        )
+        self.handles.append(handle)
+        return handle
+
+
+@pytest_asyncio.fixture
+async def h(server: SharedServer) -> AsyncIterator[Harness]:
+    env = await server.get()
+    harness = Harness(env, FakeActivities(), str(uuid.uuid4()), next(_ids))
+    async with Worker(
+        env.client,
+        task_queue=harness.task_queue,
+        workflows=[ServiceCancellation],
+        activities=harness.fakes.activities(),
+        workflow_runner=workflow_runner(),
+    ):
+        yield harness
+        for gate in (harness.fakes.check_gate, harness.fakes.files_gate):
+            if gate is not None:
+                gate.set()
+    for handle in harness.handles:
+        try:
+            await handle.terminate("test over")
+        except RPCError:
+            pass  # already closed
+
+
+# ---- helpers ----------------------------------------------------------------------
+
+
+async def result_of(handle: WorkflowHandle[Any, CancellationResult]) -> CancellationResult:
+    """The result, with time skipping; a hung workflow fails the test instead of the run."""
+    return await asyncio.wait_for(handle.result(), timeout=30)
+
+
+async def status(handle: WorkflowHandle[Any, Any]) -> CancellationStatus:
+    return await handle.query(ServiceCancellation.status)
+
+
+async def wait_status(
+    handle: WorkflowHandle[Any, Any],
+    pred: Callable[[CancellationStatus], bool],
+    timeout: float = 10,
+) -> CancellationStatus:
+    """Poll the `status` query (in real time, so no time skips meanwhile)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: CancellationStatus | None = None
+    while True:
+        try:
+            last = await status(handle)
+            if pred(last):
+                return last
+        except (RPCError, WorkflowQueryFailedError):
+            pass  # the first workflow task has not run yet
+        if loop.time() > deadline:
+            raise AssertionError(f"status never matched; last: {last}")
+        await asyncio.sleep(0.05)
+
+
+async def code_sent(handle: WorkflowHandle[Any, Any]) -> CancellationStatus:
+    return await wait_status(handle, lambda s: s.code_sent)
+
+
+async def confirm_code(handle: WorkflowHandle[Any, Any], code: str) -> Any:
+    return await handle.execute_update(ServiceCancellation.confirm_code, ConfirmInput(code=code))
+
+
+async def search_attributes(handle: WorkflowHandle[Any, Any]) -> dict[str, Any]:
+    typed = (await handle.describe()).typed_search_attributes
+    return {k.name: typed.get(k) for k in SEARCH_ATTRIBUTES}
+
+
+def assert_nothing_deprovisioned(f: FakeActivities) -> None:
+    assert f.deprovisioning_calls() == []
+    assert "cancelled" not in f.notice_kinds()
+
+
+def assert_deprovisioned_in_order(f: FakeActivities) -> None:
+    """Billing first, then mailboxes and files (in any order), then the mark, then the mail."""
+    order = [
+        c.name
+        for c in f.calls
+        if c.name in fakes.DEPROVISIONING
+        or (c.name == "send_notice" and c.input.kind == "cancelled")
+    ]
+    assert order[0] == "close_billing"
+    assert sorted(order[1:3]) == ["delete_files", "delete_mailboxes"]
+    assert order[3:] == ["finish_cancellation", "send_notice"]
+
+
+def local(instant: datetime) -> datetime:
+    return instant.astimezone(ZoneInfo(BUSINESS_TZ))
+
+
+# ---- the happy path -----------------------------------------------------------------
+
+
+async def test_happy_path_confirm_signal_cancels_in_order(h: Harness) -> None:
+    f = h.fakes
+    handle = await h.start(reason="me mudo")
+    # Typed before this run has recorded that the code's mail left: it must wait, not fail.
+    await handle.signal(ServiceCancellation.confirm, ConfirmInput(code=code_for(1)))
+    result: CancellationResult = await result_of(handle)
+
+    assert result.state is State.CANCELLED
+    assert result.billing_outcome is BillingOutcome.DEBIT_CANCELLED
+    assert result.service_id == h.service_id
+    assert (result.files_deleted, result.mailboxes_deleted) == (fakes.FILES, fakes.MAILBOXES)
+
+    assert f.inputs("check_service") == [
+        ServiceCheckInput(
+            service_id=h.service_id, customer_id=CUSTOMER, requested_by="panel", reason="me mudo"
+        )
+    ]
+    st = await status(handle)
+    assert st.state is State.CANCELLED
+    assert (st.service_id, st.customer_id, st.domain) == (h.service_id, CUSTOMER, "ejemplo.com.ar")
+    assert st.attempts_left == MAX_WRONG_CODES
+    assert st.resends_left == MAX_RESENDS
+    assert st.code_sent
+    assert st.requested_at is not None and st.confirmed_at is not None
+    assert st.code_expires_at == st.requested_at + WINDOW
+    assert st.finished_at is not None and st.finished_at >= st.confirmed_at
+    assert st.billing_preview is BillingOutcome.DEBIT_CANCELLED
+    assert st.billing_outcome is BillingOutcome.DEBIT_CANCELLED
+    [check] = f.returned_checks
+    assert check.expires_on is not None
+    assert st.billing_outcome is rules.outcome_at(
+        st.confirmed_at, BUSINESS_TZ, check.expires_on, PaymentMethod.AUTO_DEBIT
+    )
+    assert not st.sla_at_risk
+    assert st.steps.billing.status is StepStatus.DONE
+    assert st.steps.billing.done == fakes.INVOICES_VOIDED + fakes.MANDATES_REVOKED
+    assert st.steps.mailboxes.status is StepStatus.DONE
+    assert st.steps.mailboxes.done == st.steps.mailboxes.total == fakes.MAILBOXES
+    assert st.steps.files.status is StepStatus.DONE
+    assert st.steps.files.done == fakes.FILES
+
+    [issued] = f.inputs("issue_code")
+    assert issued == IssueCodeInput(
+        service_id=h.service_id,
+        customer_id=CUSTOMER,
+        generation=1,
+        expires_at=st.requested_at + WINDOW,
+        billing_preview=BillingOutcome.DEBIT_CANCELLED,
+    )
+    assert f.inputs("verify_code") == [VerifyCodeInput(generation=1, code="123456")]
+
+    assert_deprovisioned_in_order(f)
+    target = DeprovisionInput(service_id=h.service_id, customer_id=CUSTOMER)
+    assert f.inputs("close_billing") == [
+        BillingInput(
+            service_id=h.service_id,
+            customer_id=CUSTOMER,
+            outcome=BillingOutcome.DEBIT_CANCELLED,
+        )
+    ]
+    assert f.inputs("delete_mailboxes") == [target]
+    assert f.inputs("delete_files") == [target]
+    assert f.inputs("finish_cancellation") == [
+        FinishInput(
+            service_id=h.service_id,
+            customer_id=CUSTOMER,
+            billing_outcome=BillingOutcome.DEBIT_CANCELLED,
+            files_deleted=fakes.FILES,
+            mailboxes_deleted=fakes.MAILBOXES,
+        )
+    ]
+    assert f.inputs("send_notice") == [
+        NoticeInput(
+            kind="cancelled",
+            service_id=h.service_id,
+            customer_id=CUSTOMER,
+            billing_outcome=BillingOutcome.DEBIT_CANCELLED,
+        )
+    ]
+    [confirmed] = f.inputs("record_transition")
+    assert confirmed.event == "confirmed"
+    assert confirmed.from_state is State.AWAITING_CONFIRMATION
+    assert confirmed.to_state is State.DEPROVISIONING
+    assert confirmed.billing_outcome is BillingOutcome.DEBIT_CANCELLED
+
+    assert await search_attributes(handle) == {
+        SERVICE_ID.name: str(h.service_id),
+        CUSTOMER_ID.name: str(CUSTOMER),
+        CANCELLATION_STATE.name: "cancelled",
+        SLA_AT_RISK.name: False,
+    }
+
+
+async def test_confirm_code_update_accepts_right_code(h: Harness) -> None:
+    handle = await h.start()
+    res = await confirm_code(handle, code_for(1))
+    assert (res.accepted, res.attempts_left, res.state) == (
+        True,
+        MAX_WRONG_CODES,
+        State.DEPROVISIONING,
+    )
+    result = await result_of(handle)
+    assert result.state is State.CANCELLED
+    assert_deprovisioned_in_order(h.fakes)
+
+
+# ---- the confirmation window ------------------------------------------------------
+
+
+async def test_window_expires_in_test_time(h: Harness) -> None:
+    f = h.fakes
+    handle = await h.start()
+    st = await code_sent(handle)
+    assert st.state is State.AWAITING_CONFIRMATION
+    assert st.code_expires_at is not None and st.requested_at is not None
+
+    result = await result_of(handle)  # skips the 24 hours
+    assert result.state is State.EXPIRED
+    assert result.billing_outcome is None
+
+    st = await status(handle)
+    assert st.state is State.EXPIRED
+    assert st.finished_at is not None
+    assert st.finished_at >= st.requested_at + WINDOW
+    assert st.finished_at - st.requested_at < WINDOW + timedelta(minutes=1)
+    assert st.confirmed_at is None
+    assert all(
+        s.status is StepStatus.PENDING
+        for s in (st.steps.billing, st.steps.mailboxes, st.steps.files)
+    )
+    assert f.inputs("verify_code") == []
+    assert_nothing_deprovisioned(f)
+    assert f.notice_kinds() == []
+    [expired] = f.inputs("record_transition")
+    assert (expired.event, expired.to_state) == ("expired", State.EXPIRED)
+    assert (await search_attributes(handle))[CANCELLATION_STATE.name] == "expired"
+
+
+async def test_confirm_after_expiry_does_nothing(h: Harness) -> None:
+    f = h.fakes
+    handle = await h.start()
+    await code_sent(handle)
+    await h.env.sleep(WINDOW + timedelta(minutes=5))
+    # The right code, but too late: either the run has already closed, or it ignores it.
+    try:
+        await handle.signal(ServiceCancellation.confirm, ConfirmInput(code=code_for(1)))
+    except RPCError:
+        pass
+    result = await result_of(handle)
+    assert result.state is State.EXPIRED
+    assert result.billing_outcome is None
+    assert f.inputs("verify_code") == []
+    assert_nothing_deprovisioned(f)
+
+    # Once closed, neither a signal nor an update reaches it.
+    with pytest.raises(RPCError):
+        await handle.signal(ServiceCancellation.confirm, ConfirmInput(code=code_for(1)))
+    with pytest.raises((RPCError, WorkflowUpdateFailedError)):
+        await confirm_code(handle, code_for(1))
+    st = await status(handle)
+    assert st.state is State.EXPIRED
+    assert st.confirmed_at is None
+    assert_nothing_deprovisioned(f)
+
+
+# ---- wrong codes, malformed codes, resends ------------------------------------------
+
+
+async def test_five_wrong_codes_lock(h: Harness) -> None:
+    f = h.fakes
+    handle = await h.start()
+    for expected_left in (4, 3, 2, 1, 0):
+        res = await confirm_code(handle, "000000")
+        assert not res.accepted
+        assert res.attempts_left == expected_left
+        assert res.state is (State.LOCKED if expected_left == 0 else State.AWAITING_CONFIRMATION)
+    # Even the right code is refused now.
+    with pytest.raises((WorkflowUpdateFailedError, RPCError)):
+        await confirm_code(handle, code_for(1))
+
+    result = await result_of(handle)
+    assert result.state is State.LOCKED
+    assert result.billing_outcome is None
+    st = await status(handle)
+    assert (st.state, st.attempts_left, st.confirmed_at) == (State.LOCKED, 0, None)
+    assert len(f.inputs("verify_code")) == MAX_WRONG_CODES
+    assert_nothing_deprovisioned(f)
+    [locked] = f.inputs("record_transition")
+    assert (locked.event, locked.to_state) == ("locked", State.LOCKED)
+    assert (await search_attributes(handle))[CANCELLATION_STATE.name] == "locked"
+
+
+async def test_wrong_code_signals_count_too(h: Harness) -> None:
+    handle = await h.start()
+    for _ in range(MAX_WRONG_CODES):
+        await handle.signal(ServiceCancellation.confirm, ConfirmInput(code="999999"))
+    result = await result_of(handle)
+    assert result.state is State.LOCKED
+    assert (await status(handle)).attempts_left == 0
+    assert_nothing_deprovisioned(h.fakes)
+
+
+MALFORMED = [
+    "abcdef",
+    "12a456",
+    "12345",
+    "1234567",
+    "",
+    " 12345",
+    "123456\n",
+    "１２３４５６",  # full-width digits: str.isdigit() says yes
+    "٣٣٣٣٣٣",  # Arabic-Indic digits
+    "1" * 10240,
+]
+
+
+async def test_malformed_codes_are_rejected_by_the_validator(h: Harness) -> None:
+    f = h.fakes
+    handle = await h.start()
+    await code_sent(handle)
+    for code in MALFORMED:
+        with pytest.raises(WorkflowUpdateFailedError) as err:
+            await confirm_code(handle, code)
+        assert "6 digits" in str(err.value.cause), repr(code)
+    # Not even decodable as the input model: rejected too.
+    for raw in ({"code": 123456}, {"code": None}, "123456", [1, 2, 3]):
+        with pytest.raises(WorkflowUpdateFailedError):
+            await handle.execute_update("confirm_code", raw, result_type=dict)
+
+    st = await status(handle)
+    assert st.attempts_left == MAX_WRONG_CODES
+    assert st.state is State.AWAITING_CONFIRMATION
+    assert f.inputs("verify_code") == []
+
+    res = await confirm_code(handle, code_for(1))
+    assert (res.accepted, res.attempts_left) == (True, MAX_WRONG_CODES)
+    assert (await result_of(handle)).state is State.CANCELLED
+    assert f.inputs("verify_code") == [VerifyCodeInput(generation=1, code=code_for(1))]
+
+
+async def test_malformed_signals_are_ignored(h: Harness) -> None:
+    f = h.fakes
+    handle = await h.start()
+    await code_sent(handle)
+    for code in MALFORMED:
+        await handle.signal(ServiceCancellation.confirm, ConfirmInput(code=code))
+    for raw in ({"code": 12345}, {"code": None}, "garbage", [1, 2]):
+        await handle.signal("confirm", raw)
+    # Handled after the signals above: had any of them been tried, it would show here.
+    res = await confirm_code(handle, code_for(1))
+    assert (res.accepted, res.attempts_left) == (True, MAX_WRONG_CODES)
+    result = await result_of(handle)
+    assert result.state is State.CANCELLED
+    assert f.inputs("verify_code") == [VerifyCodeInput(generation=1, code=code_for(1))]
+
+
+async def test_resend_invalidates_the_old_code_and_moves_the_window(h: Harness) -> None:
+    f = h.fakes
+    handle = await h.start()
+    first = await code_sent(handle)
+    assert first.code_expires_at is not None
+
+    await h.env.sleep(timedelta(hours=20))
+    res = await handle.execute_update(ServiceCancellation.resend_code, ResendInput())
+    assert res.resends_left == MAX_RESENDS - 1
+    assert res.code_expires_at >= first.code_expires_at + timedelta(hours=20)
+    issued = f.inputs("issue_code")
+    assert [i.generation for i in issued] == [1, 2]
+    assert issued[1].expires_at == res.code_expires_at
+    st = await status(handle)
+    assert st.code_expires_at == res.code_expires_at
+    assert st.resends_left == MAX_RESENDS - 1
+
+    # Past the first code's 24 hours: only the new window counts.
+    await h.env.sleep(timedelta(hours=20))
+    old = await confirm_code(handle, code_for(1))
+    assert (old.accepted, old.attempts_left, old.state) == (
+        False,
+        MAX_WRONG_CODES - 1,
+        State.AWAITING_CONFIRMATION,
+    )
+    new = await confirm_code(handle, code_for(2))
+    assert (new.accepted, new.attempts_left, new.state) == (
+        True,
+        MAX_WRONG_CODES - 1,
+        State.DEPROVISIONING,
+    )
+    result = await result_of(handle)
+    assert result.state is State.CANCELLED
+    assert f.inputs("verify_code") == [
+        VerifyCodeInput(generation=2, code=code_for(1)),
+        VerifyCodeInput(generation=2, code=code_for(2)),
+    ]
+    assert_deprovisioned_in_order(f)
+
+
+async def test_at_most_three_resends(h: Harness) -> None:
+    f = h.fakes
+    handle = await h.start()
+    await code_sent(handle)
+    for left in (2, 1, 0):
+        res = await handle.execute_update(ServiceCancellation.resend_code, ResendInput())
+        assert res.resends_left == left
+    with pytest.raises(WorkflowUpdateFailedError) as err:
+        await handle.execute_update(ServiceCancellation.resend_code, ResendInput())
+    assert "no resends left" in str(err.value.cause)
+    assert [i.generation for i in f.inputs("issue_code")] == [1, 2, 3, 4]
+    st = await status(handle)
+    assert (st.resends_left, st.attempts_left) == (0, MAX_WRONG_CODES)
+
+    assert not (await confirm_code(handle, code_for(3))).accepted
+    assert (await confirm_code(handle, code_for(4))).accepted
+    assert (await result_of(handle)).state is State.CANCELLED
+
+
+async def test_resend_refused_before_the_service_check(h: Harness) -> None:
+    h.fakes.check_gate = asyncio.Event()
+    handle = await h.start()
+    await asyncio.wait_for(h.fakes.check_started.wait(), 10)
+    with pytest.raises(WorkflowUpdateFailedError):
+        await handle.execute_update(ServiceCancellation.resend_code, ResendInput())
+    h.fakes.check_gate.set()
+    st = await code_sent(handle)
+    assert st.resends_left == MAX_RESENDS
+    assert [i.generation for i in h.fakes.inputs("issue_code")] == [1]
+
+
+# ---- withdrawal -----------------------------------------------------------------
+
+
+async def test_withdraw_while_awaiting(h: Harness) -> None:
+    f = h.fakes
+    handle = await h.start()
+    await code_sent(handle)
+    await handle.signal(
+        ServiceCancellation.withdraw, WithdrawInput(reason="me arrepentí", by="customer")
+    )
+    result = await result_of(handle)
+    assert result.state is State.WITHDRAWN
+    assert result.billing_outcome is None
+    st = await status(handle)
+    assert st.state is State.WITHDRAWN
+    assert st.finished_at is not None
+    assert_nothing_deprovisioned(f)
+    [withdrawn] = f.inputs("record_transition")
+    assert (withdrawn.event, withdrawn.to_state, withdrawn.actor) == (
+        "withdrawn",
+        State.WITHDRAWN,
+        "customer",
+    )
+    assert (await search_attributes(handle))[CANCELLATION_STATE.name] == "withdrawn"
+    with pytest.raises(RPCError):
+        await handle.signal(ServiceCancellation.confirm, ConfirmInput(code=code_for(1)))
+    assert_nothing_deprovisioned(f)
+
+
+async def test_withdraw_with_empty_input(h: Harness) -> None:
+    handle = await h.start()
+    await code_sent(handle)
+    await handle.signal("withdraw", {})
+    assert (await result_of(handle)).state is State.WITHDRAWN
+    assert_nothing_deprovisioned(h.fakes)
+
+
+async def test_withdraw_before_the_code_is_mailed_sends_no_code(h: Harness) -> None:
+    """A customer who withdraws while the service is being checked gets no code mail."""
+    f = h.fakes
+    f.check_gate = asyncio.Event()
+    handle = await h.start()
+    await asyncio.wait_for(f.check_started.wait(), 10)
+    await handle.signal(ServiceCancellation.withdraw, WithdrawInput())
+    await wait_status(handle, lambda s: s.state is State.WITHDRAWN)
+    f.check_gate.set()
+    result = await result_of(handle)
+    assert result.state is State.WITHDRAWN
+    assert_nothing_deprovisioned(f)
+    assert f.inputs("issue_code") == []
+
+
+async def test_withdraw_during_deprovisioning_is_ignored(h: Harness) -> None:
+    f = h.fakes
+    f.files_gate = asyncio.Event()
+    handle = await h.start()
+    await handle.signal(ServiceCancellation.confirm, ConfirmInput(code=code_for(1)))
+    await asyncio.wait_for(f.files_started.wait(), 10)
+    await handle.signal(ServiceCancellation.withdraw, WithdrawInput(reason="tarde"))
+    await asyncio.sleep(0.3)
+    st = await status(handle)
+    assert st.state is State.DEPROVISIONING
+    assert st.steps.files.status is StepStatus.RUNNING
+    f.files_gate.set()
+    result = await result_of(handle)
+    assert result.state is State.CANCELLED
+    assert (await status(handle)).state is State.CANCELLED
+    assert "withdrawn" not in f.events()
+    assert_deprovisioned_in_order(f)
+
+
+# ---- rejection --------------------------------------------------------------------
+
+
+async def test_rejected_service_gets_no_code(h: Harness) -> None:
+    f = h.fakes
+    f.check = accepted_check(
+        accepted=False,
+        rejection_reason="not the customer's service",
+        domain=None,
+        expires_on=None,
+        payment_method=None,
+    )
+    handle = await h.start()
+    result = await result_of(handle)
+    assert result.state is State.REJECTED
+    assert result.rejection_reason == "not the customer's service"
+    assert result.billing_outcome is None
+    st = await status(handle)
+    assert st.state is State.REJECTED
+    assert st.rejection_reason == "not the customer's service"
+    assert not st.code_sent and st.code_expires_at is None
+    assert st.billing_preview is None
+    assert f.names() == ["check_service"]
+    assert (await search_attributes(handle))[CANCELLATION_STATE.name] == "rejected"
+
+
+# ---- deprovisioning: refused paths and the 24-hour promise ---------------------------
+
+
+async def test_refused_path_waits_for_retry(h: Harness) -> None:
+    f = h.fakes
+    f.files_refusals = 1
+    handle = await h.start()
+    await handle.signal(ServiceCancellation.confirm, ConfirmInput(code=code_for(1)))
+    st = await wait_status(handle, lambda s: s.steps.files.status is StepStatus.REFUSED)
+    assert st.state is State.DEPROVISIONING
+    assert st.steps.files.detail and "HOSTING_ROOT" in st.steps.files.detail
+    assert st.steps.billing.status is StepStatus.DONE
+
+    # Hours go by: still waiting for an operator, the service not finished.
+    await h.env.sleep(timedelta(hours=2))
+    st = await status(handle)
+    assert st.state is State.DEPROVISIONING
+    assert st.steps.files.status is StepStatus.REFUSED
+    assert st.steps.mailboxes.status is StepStatus.DONE
+    assert "finish_cancellation" not in f.names()
+    assert "cancelled" not in f.notice_kinds()
+    assert len(f.inputs("delete_files")) == 1
+    assert (await search_attributes(handle))[CANCELLATION_STATE.name] == "deprovisioning"
+
+    await handle.signal(ServiceCancellation.retry)
+    result = await result_of(handle)
+    assert result.state is State.CANCELLED
+    assert result.files_deleted == fakes.FILES
+    assert len(f.inputs("delete_files")) == 2
+    assert len(f.inputs("delete_mailboxes")) == 1
+    assert f.names().count("finish_cancellation") == 1
+    st = await status(handle)
+    assert st.steps.files.status is StepStatus.DONE
+    assert not st.sla_at_risk
+
+
+async def test_sla_at_risk_alerts_and_still_cancels(h: Harness) -> None:
+    f = h.fakes
+    f.check = accepted_check(sla_limit_seconds=3600)
+    # The files step fails retryably and asks to be retried in 2 hours: past the SLA.
+    f.files_retry_delays = [timedelta(hours=2)]
+    handle = await h.start()
+    await handle.signal(ServiceCancellation.confirm, ConfirmInput(code=code_for(1)))
+    result = await result_of(handle)
+    assert result.state is State.CANCELLED
+
+    st = await status(handle)
+    assert st.sla_at_risk
+    assert st.confirmed_at is not None and st.finished_at is not None
+    assert st.finished_at - st.confirmed_at >= timedelta(hours=2)
+    assert f.notice_kinds() == ["sla_at_risk", "cancelled"]
+    sla = f.inputs("send_notice")[0]
+    assert (sla.service_id, sla.billing_outcome) == (h.service_id, BillingOutcome.DEBIT_CANCELLED)
+    assert f.events() == ["confirmed", "sla_at_risk"]
+    assert len(f.inputs("delete_files")) == 2
+    assert f.names().count("finish_cancellation") == 1
+    # The alert went out before the service was finished.
+    names = f.names()
+    assert names.index("send_notice") < names.index("finish_cancellation")
+    attrs = await search_attributes(handle)
+    assert attrs[SLA_AT_RISK.name] is True
+    assert attrs[CANCELLATION_STATE.name] == "cancelled"
+
+
+async def test_sla_audit_line_does_not_claim_awaiting_confirmation(h: Harness) -> None:
+    """The SLA alert happens during deprovisioning; its audit line must not say otherwise."""
+    f = h.fakes
+    f.check = accepted_check(sla_limit_seconds=3600)
+    f.files_retry_delays = [timedelta(hours=2)]
+    handle = await h.start()
+    await handle.signal(ServiceCancellation.confirm, ConfirmInput(code=code_for(1)))
+    assert (await result_of(handle)).state is State.CANCELLED
+    [sla] = [t for t in f.inputs("record_transition") if t.event == "sla_at_risk"]
+    assert sla.to_state is None
+    assert sla.from_state in (None, State.DEPROVISIONING)
+
+
+# ---- the billing outcome at the confirmation instant ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("day", "at", "expected"),
+    [
+        # 02:00 on the 1st of the expiry month, Buenos Aires: the debit is at the bank.
+        ("cutoff", time(2, 0), BillingOutcome.DEBIT_PROCESSED_NO_REFUND),
+        # 22:00 the day before in Buenos Aires is already the 1st in UTC: still in time.
+        ("eve", time(22, 0), BillingOutcome.DEBIT_CANCELLED),
+        # On the expiry date itself: late.
+        ("expiry", time(0, 30), BillingOutcome.LATE_NO_REFUND),
+    ],
+)
+async def test_billing_outcome_judged_at_confirmation_in_business_tz(
+    h: Harness, day: str, at: time, expected: BillingOutcome
+) -> None:
+    f = h.fakes
+    tz = ZoneInfo(BUSINESS_TZ)
+    today = local(await h.env.get_current_time()).date()
+    cutoff = (today.replace(day=1) + timedelta(days=32)).replace(day=1)
+    expires_on = cutoff + timedelta(days=14)
+    f.check = accepted_check(
+        expires_on=expires_on,
+        payment_method=PaymentMethod.AUTO_DEBIT,
+        business_tz=BUSINESS_TZ,
+        confirmation_window_seconds=timedelta(days=60).total_seconds(),
+    )
+    handle = await h.start()
+    st = await code_sent(handle)
+    assert st.billing_preview is BillingOutcome.DEBIT_CANCELLED
+    assert f.inputs("issue_code")[0].billing_preview is BillingOutcome.DEBIT_CANCELLED
+
+    target_day = {
+        "cutoff": cutoff,
+        "eve": cutoff - timedelta(days=1),
+        "expiry": expires_on,
+    }[day]
+    target = datetime.combine(target_day, at, tz)
+    await h.env.sleep(target - await h.env.get_current_time())
+    await handle.signal(ServiceCancellation.confirm, ConfirmInput(code=code_for(1)))
+    result = await result_of(handle)
+
+    assert result.state is State.CANCELLED
+    assert result.billing_outcome is expected
+    st = await status(handle)
+    assert st.confirmed_at is not None
+    assert local(st.confirmed_at).date() == target_day
+    assert st.billing_preview is BillingOutcome.DEBIT_CANCELLED
+    assert st.billing_outcome is expected
+    assert [b.outcome for b in f.inputs("close_billing")] == [expected]
+    assert [n.billing_outcome for n in f.inputs("send_notice")] == [expected]
+    assert f.inputs("finish_cancellation")[0].billing_outcome is expected
+
+
+async def test_manual_payer_has_no_further_charges(h: Harness) -> None:
+    h.fakes.check = accepted_check(payment_method=PaymentMethod.MANUAL)
+    handle = await h.start()
+    await handle.signal(ServiceCancellation.confirm, ConfirmInput(code=code_for(1)))
+    result = await result_of(handle)
+    assert result.billing_outcome is BillingOutcome.NO_FURTHER_CHARGES
+    assert (await status(handle)).billing_preview is BillingOutcome.NO_FURTHER_CHARGES
