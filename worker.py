@@ -58,7 +58,9 @@ def activities_for(settings: Settings, pool: asyncpg.Pool) -> Sequence[Any]:
         panel.finish_cancellation,
         codes.issue_code,
         codes.verify_code,
-        BillingActivities(pool).close_billing,
+        BillingActivities(
+            pool, hosting_root=settings.hosting_root, mail_root=settings.mail_root
+        ).close_billing,
         MailboxActivities(pool, settings.mail_root).delete_mailboxes,
         FilesActivities(pool, settings.hosting_root).delete_files,
         NoticeActivities(pool, mailer, settings.ops_email).send_notice,

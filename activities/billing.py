@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import asyncpg
 from temporalio import activity
 
 from activities.audit import record
+from activities.safety import FILES, MAILBOXES, check_paths
 from bajas.models import BillingInput, BillingResult, TransitionInput
 from workflows.rules import revokes_mandate, voids_renewal_invoices
 
 
 class BillingActivities:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, hosting_root: Path, mail_root: Path) -> None:
         self.pool = pool
+        self.hosting_root = hosting_root
+        self.mail_root = mail_root
 
     @activity.defn(name="close_billing")
     async def close_billing(self, data: BillingInput) -> BillingResult:
-        """One transaction; each statement only touches rows not yet in their final state."""
+        """Preflight every path first: billing closes only when the data can go too.
+
+        Then one transaction; each statement only touches rows not yet in their final state.
+        """
+        await check_paths(
+            self.pool, data.service_id, {FILES: self.hosting_root, MAILBOXES: self.mail_root}
+        )
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "update services set auto_renew = false where id = $1", data.service_id

@@ -7,5 +7,6 @@ from temporalio.exceptions import ApplicationError
 PATH_REFUSED = "PathRefused"
 
 
-def path_refused(message: str) -> ApplicationError:
-    return ApplicationError(message, type=PATH_REFUSED, non_retryable=True)
+def path_refused(message: str, step: str) -> ApplicationError:
+    """`step` ("files" or "mailboxes") names the deprovisioning step whose path is unsafe."""
+    return ApplicationError(message, step, type=PATH_REFUSED, non_retryable=True)

@@ -16,8 +16,7 @@ from pydantic import ValidationError
 from temporalio import activity
 
 from activities.audit import record
-from activities.errors import path_refused
-from activities.paths import UnsafePath, checked_target, refuse_shared, scan_tree
+from activities.safety import FILES, check_paths
 from bajas.models import DeprovisionInput, FilesProgress, FilesResult, TransitionInput
 
 HEARTBEAT_EVERY = 1.0
@@ -67,29 +66,12 @@ class FilesActivities:
 
     @activity.defn(name="delete_files")
     async def delete_files(self, data: DeprovisionInput) -> FilesResult:
-        document_root = await self.pool.fetchval(
-            "select document_root from services where id = $1", data.service_id
-        )
+        paths = await check_paths(self.pool, data.service_id, {FILES: self.hosting_root})
+        target = paths.document_root
         previous = _previous_progress()
-        files_total = 0
-        target: str | None = None
-        if document_root:
-            others = await self.pool.fetch(
-                "select document_root as path from services where id <> $1"
-                " and status <> 'cancelled'"
-                " union all select maildir from mailboxes where deleted_at is null",
-                data.service_id,
-            )
-            try:
-                target = checked_target(document_root, self.hosting_root, what="document_root")
-                refuse_shared(target, (o["path"] for o in others), what="document_root")
-                if os.path.lexists(target):
-                    files_total, _ = await asyncio.to_thread(scan_tree, target)
-            except UnsafePath as err:
-                raise path_refused(str(err)) from err
         # What earlier attempts deleted is gone from disk but still counts as done.
-        already = previous.total - files_total if previous is not None else 0
-        total = already + files_total
+        already = previous.total - paths.files if previous is not None else 0
+        total = already + paths.files
         progress = _Progress()
         if target is not None and os.path.lexists(target):
             activity.heartbeat(FilesProgress(total=total, deleted=already))

@@ -12,18 +12,16 @@ import contextlib
 import logging
 import os
 import secrets
-import shutil
 import signal
 import socket
-import sys
 import urllib.request
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 from rich.console import Console
 
+from bajas.binaries import find_binary
 from bajas.config import STATE_DIR, ConfigError, Settings
 from bajas.db import create_pool, migrate
 from bajas.demo import DEMO_PASSWORD, load_demo
@@ -98,7 +96,7 @@ class DevStack:
         for port in (TEMPORAL_PORT, TEMPORAL_UI_PORT):
             if not _port_free("127.0.0.1", port):
                 raise ConfigError(f"port {port} is in use: is another Temporal dev server running?")
-        binary = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
+        binary = find_binary("temporal")
         args = [
             binary,
             "server",

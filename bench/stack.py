@@ -38,6 +38,7 @@ from temporalio.client import Client, Interceptor, OutboundInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from bajas.binaries import find_binary
 from bajas.db import create_pool, migrate
 from bajas.mailsink import MailSink, SunkMessage, start_sink
 from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
@@ -739,7 +740,7 @@ async def open_stack(
         controller = start_sink(sink, port=smtp_port)
         with _stdout_to(base / "temporal.log"):
             env = await WorkflowEnvironment.start_local(
-                dev_server_existing_path=shutil.which("temporal"),
+                dev_server_existing_path=find_binary("temporal"),
                 search_attributes=SEARCH_ATTRIBUTES,
                 data_converter=pydantic_data_converter,
                 dev_server_log_level="error",

@@ -11,6 +11,7 @@ from datetime import timedelta
 from pydantic import BaseModel
 from temporalio.client import (
     Client,
+    WithStartWorkflowOperation,
     WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowUpdateFailedError,
@@ -82,9 +83,10 @@ class CancellationClient:
     ) -> RequestAnswer:
         """Start the cancellation, or attach to the one already running for the service.
 
-        Waits (up to `wait`) until the code mail has left or the request was rejected.
+        One round trip (update-with-start): answers once the code mail has left or the
+        request was rejected, or after `wait` with the state as it is then.
         """
-        handle = await self.client.start_workflow(
+        start = WithStartWorkflowOperation(
             WORKFLOW_TYPE,
             CancellationInput(
                 service_id=service_id,
@@ -107,22 +109,29 @@ class CancellationClient:
             static_summary=f"Baja del servicio {service_id} (cliente {customer_id})",
             static_details=f"Requested by {requested_by}" + (f": {reason}" if reason else ""),
         )
-        status = await self._wait_started(handle, wait)
+        try:
+            status = await asyncio.wait_for(
+                self.client.execute_update_with_start_workflow(
+                    "wait_for_code",
+                    start_workflow_operation=start,
+                    result_type=CancellationStatus,
+                ),
+                wait.total_seconds(),
+            )
+        except TimeoutError:
+            status = None
+        except WorkflowUpdateFailedError as err:
+            raise CancellationError(_cause_message(err)) from err
+        except RPCError as err:
+            raise _rpc_error(err, service_id) from err
+        handle = await start.workflow_handle()
+        if status is None:
+            status = await self._query(handle)
         if status.customer_id != customer_id:
             raise CancellationNotFound(f"service {service_id} not found for customer {customer_id}")
-        assert handle.result_run_id is not None
-        return RequestAnswer(workflow_id=handle.id, run_id=handle.result_run_id, status=status)
-
-    async def _wait_started(
-        self, handle: WorkflowHandle[object, CancellationResult], wait: timedelta
-    ) -> CancellationStatus:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait.total_seconds()
-        while True:
-            status = await self._query(handle)
-            if status.code_sent or status.state.is_final or loop.time() >= deadline:
-                return status
-            await asyncio.sleep(0.05)
+        run_id = handle.result_run_id or handle.run_id
+        assert run_id is not None
+        return RequestAnswer(workflow_id=handle.id, run_id=run_id, status=status)
 
     async def confirm(self, service_id: int, code: str) -> ConfirmResult:
         """Synchronous check through the `confirm_code` update."""

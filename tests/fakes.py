@@ -8,8 +8,9 @@ The fake `issue_code` "mails" a code the tests can compute: generation 1 gets
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -89,6 +90,8 @@ class FakeActivities:
     used_codes: set[tuple[int, str]] = field(default_factory=set)
     # what check_service answered, expiry filled in
     returned_checks: list[ServiceCheck] = field(default_factory=list)
+    # the test server's clock: local activities see the wall clock, not skipped time
+    clock: Callable[[], Awaitable[datetime]] | None = None
 
     # ---- what the tests read ------------------------------------------------------
 
@@ -133,7 +136,11 @@ class FakeActivities:
             await self.check_gate.wait()
         check = self.check.model_copy()
         if check.accepted and check.expires_on is None:
-            now = activity.info().current_attempt_scheduled_time
+            now = (
+                await self.clock()
+                if self.clock is not None
+                else activity.info().current_attempt_scheduled_time
+            )
             local_today = now.astimezone(ZoneInfo(check.business_tz)).date()
             check.expires_on = local_today + EXPIRES_IN
         self.returned_checks.append(check)

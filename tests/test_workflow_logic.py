@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from bajas.binaries import find_binary
 from bajas.models import (
     MAX_RESENDS,
     MAX_WRONG_CODES,
@@ -81,7 +81,7 @@ _INDEXED = {
 
 async def start_server() -> WorkflowEnvironment:
     env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=shutil.which("temporal-test-server"),
+        test_server_existing_path=find_binary("temporal-test-server"),
         data_converter=pydantic_data_converter,
     )
     # Unregistered, every upsert fails the workflow task ("search attribute
@@ -160,7 +160,9 @@ class Harness:
 @pytest_asyncio.fixture
 async def h(server: SharedServer) -> AsyncIterator[Harness]:
     env = await server.get()
-    harness = Harness(env, FakeActivities(), str(uuid.uuid4()), next(_ids))
+    harness = Harness(
+        env, FakeActivities(clock=env.get_current_time), str(uuid.uuid4()), next(_ids)
+    )
     async with Worker(
         env.client,
         task_queue=harness.task_queue,

@@ -72,6 +72,16 @@ SHORT = timedelta(seconds=30)
 HEARTBEAT = timedelta(seconds=30)
 
 
+def _path_refusal(err: BaseException | None) -> ApplicationError | None:
+    """The PathRefused error behind `err`: wrapped in ActivityError for regular
+    activities, bare for local ones."""
+    while err is not None:
+        if isinstance(err, ApplicationError) and err.type == PATH_REFUSED:
+            return err
+        err = err.cause if isinstance(err, ActivityError | ApplicationError) else None
+    return None
+
+
 @workflow.defn(name=WORKFLOW_TYPE)
 class ServiceCancellation:
     """One cancellation of one service, from the request to the last deleted file."""
@@ -111,7 +121,7 @@ class ServiceCancellation:
                 SLA_AT_RISK.value_set(False),
             ]
         )
-        self.check = await workflow.execute_activity_method(
+        self.check = await workflow.execute_local_activity_method(
             PanelDbActivities.check_service,
             ServiceCheckInput(
                 service_id=data.service_id,
@@ -186,7 +196,7 @@ class ServiceCancellation:
         )
         billing = await self._step(
             "billing",
-            lambda: workflow.execute_activity_method(
+            lambda: workflow.execute_local_activity_method(
                 BillingActivities.close_billing,
                 BillingInput(
                     service_id=self.input.service_id,
@@ -230,7 +240,7 @@ class ServiceCancellation:
         self.files_deleted = files.files_deleted
         self.steps.files.done = files.files_deleted
         self.steps.files.total = files.files_deleted
-        await workflow.execute_activity_method(
+        await workflow.execute_local_activity_method(
             PanelDbActivities.finish_cancellation,
             FinishInput(
                 service_id=self.input.service_id,
@@ -256,16 +266,26 @@ class ServiceCancellation:
             self._publish()
             try:
                 result = await call()
-            except ActivityError as err:
-                cause = err.cause
-                if not (isinstance(cause, ApplicationError) and cause.type == PATH_REFUSED):
+            except (ActivityError, ApplicationError) as err:
+                cause = _path_refusal(err)
+                if cause is None:
                     raise
-                progress.status = StepStatus.REFUSED
-                progress.detail = cause.message
+                # The refusal names the step whose path is unsafe; billing's preflight
+                # may refuse on behalf of files or mailboxes.
+                refused_name = str(cause.details[0]) if cause.details else name
+                refused: StepProgress = getattr(self.steps, refused_name, progress)
+                if refused is not progress:
+                    progress.status = StepStatus.PENDING
+                    progress.detail = f"waiting for the {refused_name} step's path to be fixed"
+                refused.status = StepStatus.REFUSED
+                refused.detail = cause.message
                 self.retry_requested = False
                 self._publish()
-                workflow.logger.warning("step %s refused: %s", name, cause.message)
+                workflow.logger.warning("step %s refused: %s", refused_name, cause.message)
                 await workflow.wait_condition(lambda: self.retry_requested)
+                if refused is not progress:
+                    refused.status = StepStatus.PENDING
+                    refused.detail = None
                 continue
             progress.status = StepStatus.DONE
             self._publish()
@@ -284,7 +304,7 @@ class ServiceCancellation:
         """Mail a new code; the caller holds `code_lock`, so no check runs meanwhile."""
         assert self.billing_preview is not None
         generation = self.generation + 1
-        await workflow.execute_activity_method(
+        await workflow.execute_local_activity_method(
             CodeActivities.issue_code,
             IssueCodeInput(
                 service_id=self.input.service_id,
@@ -305,7 +325,7 @@ class ServiceCancellation:
         self, event: str, to_state: State | None, from_state: State | None = None
     ) -> None:
         actor = self.withdrawn_by if to_state is State.WITHDRAWN else None
-        await workflow.execute_activity_method(
+        await workflow.execute_local_activity_method(
             PanelDbActivities.record_transition,
             TransitionInput(
                 event=event,
@@ -323,7 +343,7 @@ class ServiceCancellation:
         )
 
     async def _notice(self, kind: str) -> None:
-        await workflow.execute_activity_method(
+        await workflow.execute_local_activity_method(
             NoticeActivities.send_notice,
             NoticeInput(
                 kind=kind,
@@ -392,7 +412,7 @@ class ServiceCancellation:
             assert self.code_expires_at is not None
             if received_at >= self.code_expires_at:
                 return self._confirm_result(False)
-            verdict = await workflow.execute_activity_method(
+            verdict = await workflow.execute_local_activity_method(
                 CodeActivities.verify_code,
                 VerifyCodeInput(generation=self.generation, code=code),
                 start_to_close_timeout=SHORT,
@@ -453,6 +473,14 @@ class ServiceCancellation:
             raise ValueError(f"no resends left (at most {MAX_RESENDS})")
         if self.check is None or not self.check.accepted:
             raise ValueError("the service check has not finished yet")
+
+    @workflow.update(name="wait_for_code")
+    async def wait_for_code(self) -> CancellationStatus:
+        """For update-with-start: answers once the code mail has left or the request ended."""
+        await workflow.wait_condition(
+            lambda: self.generation > 0 or self.state is not State.AWAITING_CONFIRMATION
+        )
+        return self.status()
 
     @workflow.signal(name="withdraw")
     def withdraw(self, data: WithdrawInput | None = None) -> None:
