@@ -1,13 +1,16 @@
 """The customer panel in Debian's chromium (Playwright), on a real uvicorn server and stack.
 
 Also a few plain-HTTP checks of the panel: CSRF, sign-in required, the same message for
-an unknown number and a wrong clave. Screenshots go to docs/screenshots/.
+an unknown number and a wrong clave. With BAJAS_SCREENSHOTS=docs/screenshots the pages
+are saved there for the README; otherwise into a temporary folder.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -28,7 +31,7 @@ from tests.stack import ServiceFixture
 
 pytestmark = [pytest.mark.integration]
 
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+SCREENSHOTS = Path(os.environ.get("BAJAS_SCREENSHOTS") or tempfile.mkdtemp(prefix="bajas-shots-"))
 CHROMIUM = "/usr/bin/chromium"
 CLAVE = "una clave larga 123"
 CODE_RE = re.compile(r"es: (\d{6})")
