@@ -94,7 +94,11 @@ class FilesActivities:
                     service_id=data.service_id,
                     customer_id=data.customer_id,
                     actor="bajas",
-                    details={"files_deleted": deleted, "dirs_deleted": progress.dirs},
+                    details={
+                        "files_deleted": deleted,
+                        "dirs_deleted": progress.dirs,
+                        "resumed_from": already,
+                    },
                 ),
             )
         return FilesResult(files_deleted=deleted, dirs_deleted=progress.dirs, resumed_from=already)

@@ -439,8 +439,13 @@ async def test_five_wrong_codes_lock(h: Harness) -> None:
     assert (st.state, st.attempts_left, st.confirmed_at) == (State.LOCKED, 0, None)
     assert len(f.inputs("verify_code")) == MAX_WRONG_CODES
     assert_nothing_deprovisioned(f)
-    [locked] = f.inputs("record_transition")
-    assert (locked.event, locked.to_state) == ("locked", State.LOCKED)
+    # Every wrong code has its audit line (patch "audit-wrong-codes"), then the lock.
+    events = f.events()
+    assert sorted(e for e in events if e.startswith("code_rejected:")) == [
+        f"code_rejected:{n}" for n in range(1, MAX_WRONG_CODES + 1)
+    ]
+    [locked] = [t for t in f.inputs("record_transition") if t.event == "locked"]
+    assert locked.to_state is State.LOCKED
     assert (await search_attributes(handle))[CANCELLATION_STATE.name] == "locked"
 
 

@@ -69,7 +69,11 @@ RETRY = RetryPolicy(
     non_retryable_error_types=[PATH_REFUSED],
 )
 SHORT = timedelta(seconds=30)
-HEARTBEAT = timedelta(seconds=30)
+# Patch ids (docs/VERSIONING.md): each guards a change to the commands a run issues.
+AUDIT_WRONG_CODES = "audit-wrong-codes"
+# A dead worker is noticed this fast during a deletion; progress reaches the server
+# about every 0.8 of it (the SDK throttles heartbeats).
+HEARTBEAT = timedelta(seconds=10)
 
 
 def _path_refusal(err: BaseException | None) -> ApplicationError | None:
@@ -240,6 +244,8 @@ class ServiceCancellation:
         self.files_deleted = files.files_deleted
         self.steps.files.done = files.files_deleted
         self.steps.files.total = files.files_deleted
+        if files.resumed_from:
+            self.steps.files.detail = f"resumed after {files.resumed_from} files"
         await workflow.execute_local_activity_method(
             PanelDbActivities.finish_cancellation,
             FinishInput(
@@ -429,6 +435,10 @@ class ServiceCancellation:
                 self.attempts_left -= 1
                 if self.attempts_left <= 0:
                     self._set_state(State.LOCKED)
+                # Added after v1: runs recorded before it replay without this step.
+                if workflow.patched(AUDIT_WRONG_CODES):
+                    wrong = MAX_WRONG_CODES - self.attempts_left
+                    await self._transition(f"code_rejected:{wrong}", None)
             self._publish()
             return self._confirm_result(verdict.accepted)
 

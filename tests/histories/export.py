@@ -1,0 +1,169 @@
+"""Record one history per way a cancellation can end, for the replay tests.
+
+    python -m tests.histories.export [--suffix v1]
+
+Runs the real workflow with the fake activities on a real dev server (short windows,
+so the run takes seconds) and writes `tests/histories/<ending>[-suffix].json`.
+Re-run it after a workflow change only to add histories; keep the old files: they
+are what running workflows look like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from bajas.binaries import find_binary
+from bajas.models import (
+    CancellationInput,
+    CancellationStatus,
+    ConfirmInput,
+    RetryInput,
+    ServiceCheck,
+    StepStatus,
+    WithdrawInput,
+)
+from tests.fakes import FakeActivities, accepted_check, code_for
+from workflows.cancellation import ServiceCancellation
+from workflows.sandbox import workflow_runner
+from workflows.search_attributes import ALL, workflow_id_for
+
+HERE = Path(__file__).parent
+_ids = itertools.count(9_000_001)
+
+Scenario = Callable[[WorkflowHandle, FakeActivities], Awaitable[None]]
+
+
+async def _status(handle: WorkflowHandle) -> CancellationStatus:
+    return await handle.query("status", result_type=CancellationStatus)
+
+
+async def _until(handle: WorkflowHandle, test: Callable[[CancellationStatus], bool]) -> None:
+    for _ in range(300):
+        if test(await _status(handle)):
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("the workflow did not get there")
+
+
+async def cancelled(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+    await handle.execute_update("confirm_code", ConfirmInput(code="000000"))
+    await handle.execute_update("confirm_code", ConfirmInput(code=code_for(1)))
+
+
+async def resent_then_cancelled(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+    await _until(handle, lambda s: s.code_sent)
+    await handle.execute_update("resend_code")
+    await handle.signal("confirm", ConfirmInput(code=code_for(2)))
+
+
+async def expired(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+    return None
+
+
+async def withdrawn(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+    await _until(handle, lambda s: s.code_sent)
+    await handle.signal("withdraw", WithdrawInput(reason="cambié de idea"))
+
+
+async def locked(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+    for wrong in ("000001", "000002", "000003", "000004", "000005"):
+        await handle.execute_update("confirm_code", ConfirmInput(code=wrong))
+
+
+async def rejected(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+    return None
+
+
+async def refused_then_retried(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+    await handle.signal("confirm", ConfirmInput(code=code_for(1)))
+    await _until(handle, lambda s: s.steps.files.status is StepStatus.REFUSED)
+    fakes.files_refusals = 0
+    await handle.signal("retry", RetryInput(by="operator"))
+
+
+async def sla_at_risk(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+    await handle.signal("confirm", ConfirmInput(code=code_for(1)))
+    await _until(handle, lambda s: s.sla_at_risk)
+    assert fakes.files_gate is not None
+    fakes.files_gate.set()
+
+
+SCENARIOS: dict[str, tuple[Scenario, dict[str, object]]] = {
+    "cancelled": (cancelled, {}),
+    "resent_then_cancelled": (resent_then_cancelled, {}),
+    "expired": (expired, {"check": accepted_check(confirmation_window_seconds=2)}),
+    "withdrawn": (withdrawn, {}),
+    "locked": (locked, {}),
+    "rejected": (
+        rejected,
+        {"check": ServiceCheck(accepted=False, rejection_reason="unknown service")},
+    ),
+    "refused_then_retried": (refused_then_retried, {"files_refusals": 1}),
+    "sla_at_risk": (
+        sla_at_risk,
+        {"check": accepted_check(sla_limit_seconds=2), "files_gate": asyncio.Event()},
+    ),
+}
+
+
+async def record(client: Client, suffix: str) -> list[Path]:
+    written = []
+    for name, (scenario, setup) in SCENARIOS.items():
+        fakes = FakeActivities(**setup)  # type: ignore[arg-type]
+        queue = f"histories-{uuid.uuid4()}"
+        async with Worker(
+            client,
+            task_queue=queue,
+            workflows=[ServiceCancellation],
+            activities=fakes.activities(),
+            workflow_runner=workflow_runner(),
+        ):
+            service_id = next(_ids)
+            handle = await client.start_workflow(
+                ServiceCancellation.run,
+                CancellationInput(service_id=service_id, customer_id=7, requested_by="panel"),
+                id=f"{workflow_id_for(service_id)}-{uuid.uuid4().hex[:6]}",
+                task_queue=queue,
+            )
+            await scenario(handle, fakes)
+            result = await handle.result()
+        history = await handle.fetch_history()
+        path = HERE / f"{name}{'-' + suffix if suffix else ''}.json"
+        path.write_text(history.to_json())
+        written.append(path)
+        print(f"{path.name}: {result.state.value}, {len(history.events)} events")
+    return written
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suffix", default="", help="appended to each file name, e.g. v1")
+    args = parser.parse_args()
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=find_binary("temporal"),
+        search_attributes=ALL,
+        data_converter=pydantic_data_converter,
+    )
+    try:
+        await record(env.client, args.suffix)
+    finally:
+        await env.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+    # A one-shot client process can abort at interpreter shutdown: leave at once.
+    sys.stdout.flush()
+    os._exit(0)

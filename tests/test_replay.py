@@ -1,0 +1,63 @@
+"""Replay stored histories against today's workflow code: a change that would break
+running cancellations (non-determinism) fails here, before it reaches a worker."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from temporalio import workflow
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
+from temporalio.workflow import NondeterminismError
+
+from workflows.cancellation import ServiceCancellation
+from workflows.sandbox import workflow_runner
+
+HISTORIES = Path(__file__).parent / "histories"
+ENDINGS = ("cancelled", "expired", "withdrawn", "locked", "rejected")
+
+
+def load(path: Path) -> WorkflowHistory:
+    data = json.loads(path.read_text())
+    workflow_id = data["events"][0]["workflowExecutionStartedEventAttributes"].get(
+        "workflowId", path.stem
+    )
+    return WorkflowHistory.from_json(workflow_id, data)
+
+
+def stored() -> list[Path]:
+    return sorted(HISTORIES.glob("*.json"))
+
+
+def test_every_final_state_has_a_stored_history() -> None:
+    names = {p.stem.split("-")[0] for p in stored()}
+    assert set(ENDINGS) <= names, f"missing histories: {set(ENDINGS) - names}"
+
+
+@pytest.mark.parametrize("path", stored(), ids=lambda p: p.stem)
+async def test_stored_history_replays(path: Path) -> None:
+    replayer = Replayer(
+        workflows=[ServiceCancellation],
+        data_converter=pydantic_data_converter,
+        workflow_runner=workflow_runner(),
+    )
+    result = await replayer.replay_workflow(load(path), raise_on_replay_failure=False)
+    assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
+
+
+async def test_an_unguarded_change_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wrong-code audit step shipped behind `workflow.patched`; without the guard,
+    the runs recorded before it (v1) would no longer replay. Prove the suite sees that."""
+    monkeypatch.setattr(workflow, "patched", lambda patch_id: True)
+    replayer = Replayer(
+        workflows=[ServiceCancellation],
+        data_converter=pydantic_data_converter,
+        workflow_runner=UnsandboxedWorkflowRunner(),
+    )
+    result = await replayer.replay_workflow(
+        load(HISTORIES / "locked-v1.json"), raise_on_replay_failure=False
+    )
+    assert isinstance(result.replay_failure, NondeterminismError)
