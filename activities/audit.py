@@ -10,15 +10,26 @@ from temporalio import activity
 from bajas.models import State, TransitionInput
 
 
-async def record(conn: asyncpg.Connection, entry: TransitionInput) -> None:
-    """Append one audit line (once per run and event) and move the request row along."""
+async def record(conn: asyncpg.Connection | asyncpg.Pool, entry: TransitionInput) -> None:
+    """Append one audit line (once per run and event) and move the request row along,
+    in one statement: atomic on its own, one round trip."""
     info = activity.info()
     await conn.execute(
         """
-        insert into bajas.audit_trail (run_id, workflow_id, event, service_id, customer_id,
-                                       actor, from_state, to_state, billing_outcome, details)
-        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)
-        on conflict (run_id, event) do nothing
+        with audit as (
+            insert into bajas.audit_trail (run_id, workflow_id, event, service_id, customer_id,
+                                           actor, from_state, to_state, billing_outcome, details)
+            values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)
+            on conflict (run_id, event) do nothing
+        )
+        update bajas.cancellation_requests
+           set state = $8,
+               billing_outcome = coalesce($9, billing_outcome),
+               confirmed_at = case when $8 = $11 then coalesce(confirmed_at, now())
+                                   else confirmed_at end,
+               finished_at = case when $12 then coalesce(finished_at, now()) else finished_at end,
+               updated_at = now()
+         where run_id = $1 and $8::text is not null
         """,
         info.workflow_run_id,
         info.workflow_id,
@@ -30,24 +41,6 @@ async def record(conn: asyncpg.Connection, entry: TransitionInput) -> None:
         entry.to_state,
         entry.billing_outcome,
         json.dumps(entry.details),
-    )
-    if entry.to_state is None:
-        return
-    final = entry.to_state.is_final
-    await conn.execute(
-        """
-        update bajas.cancellation_requests
-           set state = $2,
-               billing_outcome = coalesce($3, billing_outcome),
-               confirmed_at = case when $2 = $4 then coalesce(confirmed_at, now())
-                                   else confirmed_at end,
-               finished_at = case when $5 then coalesce(finished_at, now()) else finished_at end,
-               updated_at = now()
-         where run_id = $1
-        """,
-        info.workflow_run_id,
-        entry.to_state,
-        entry.billing_outcome,
         State.DEPROVISIONING,
-        final,
+        entry.to_state is not None and entry.to_state.is_final,
     )

@@ -86,21 +86,20 @@ class FilesActivities:
                 await asyncio.wait({work})
                 raise
         deleted = already + progress.files
-        async with self.pool.acquire() as conn, conn.transaction():
-            await record(
-                conn,
-                TransitionInput(
-                    event="files_deleted",
-                    service_id=data.service_id,
-                    customer_id=data.customer_id,
-                    actor="bajas",
-                    details={
-                        "files_deleted": deleted,
-                        "dirs_deleted": progress.dirs,
-                        "resumed_from": already,
-                    },
-                ),
-            )
+        await record(
+            self.pool,
+            TransitionInput(
+                event="files_deleted",
+                service_id=data.service_id,
+                customer_id=data.customer_id,
+                actor="bajas",
+                details={
+                    "files_deleted": deleted,
+                    "dirs_deleted": progress.dirs,
+                    "resumed_from": already,
+                },
+            ),
+        )
         return FilesResult(files_deleted=deleted, dirs_deleted=progress.dirs, resumed_from=already)
 
 

@@ -34,17 +34,16 @@ class MailboxActivities:
                 mailbox_id,
             )
             activity.heartbeat(mailbox_id)
-        async with self.pool.acquire() as conn, conn.transaction():
-            await record(
-                conn,
-                TransitionInput(
-                    event="mailboxes_deleted",
-                    service_id=data.service_id,
-                    customer_id=data.customer_id,
-                    actor="bajas",
-                    details={"mailboxes_deleted": total},
-                ),
-            )
+        await record(
+            self.pool,
+            TransitionInput(
+                event="mailboxes_deleted",
+                service_id=data.service_id,
+                customer_id=data.customer_id,
+                actor="bajas",
+                details={"mailboxes_deleted": total},
+            ),
+        )
         return MailboxesResult(mailboxes_deleted=len(paths.maildirs), mailboxes_total=total)
 
 

@@ -97,8 +97,7 @@ class PanelDbActivities:
 
     @activity.defn(name="record_transition")
     async def record_transition(self, entry: TransitionInput) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            await record(conn, entry)
+        await record(self.pool, entry)
 
     @activity.defn(name="finish_cancellation")
     async def finish_cancellation(self, data: FinishInput) -> None:

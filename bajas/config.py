@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     panel_session_secret: SecretStr | None = None
     db_pool_max: int = Field(default=10, ge=1)
     max_concurrent_activities: int = Field(default=50, ge=1)
+    # Run the workflow in the SDK's sandbox (the tests always do; see workflows/sandbox.py).
+    workflow_sandbox: bool = False
+    # Pollers per worker: more keep a worker busy when the server is a round trip away.
+    workflow_task_pollers: int = Field(default=5, ge=2)
+    activity_task_pollers: int = Field(default=5, ge=1)
+    # Workflows kept in worker memory; more than this waiting are replayed when touched.
+    max_cached_workflows: int = Field(default=2000, ge=0)
     dev_mode: bool = Field(default=False, alias="BAJAS_DEV")
 
     _window = field_validator("confirmation_window", "sla_limit", mode="before")(

@@ -9,8 +9,15 @@ import asyncpg
 MIGRATION_LOCK = 0x6A6A_5F62  # advisory lock: two `bajas migrate` at once take turns
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset on release (a round trip per use): bajas leaves no session
+    state behind, and its transactions roll back by themselves on error."""
+
+
 async def create_pool(dsn: str, *, max_size: int = 10) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, command_timeout=30)
+    pool = await asyncpg.create_pool(
+        dsn, min_size=1, max_size=max_size, command_timeout=30, reset=_keep_session
+    )
     assert pool is not None
     return pool
 

@@ -63,7 +63,7 @@ class _LoggingInbound(ActivityInboundInterceptor):
             "service_id": service_id,
         }
         started = time.monotonic()
-        log.info("activity %s started", info.activity_type, extra=fields)
+        log.debug("activity %s started", info.activity_type, extra=fields)
         try:
             result = await super().execute_activity(input)
         except BaseException as err:

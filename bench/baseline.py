@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from temporalio import activity, workflow
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 WORKFLOW_TYPE = "BaselineCancellation"
@@ -79,21 +79,25 @@ class BaselineCancellation:
     def confirm(self, code: str) -> None:
         self.confirmed = True
 
-    @workflow.query(name="code_sent")
-    def sent(self) -> bool:
-        return self.code_sent
+    @workflow.update(name="confirm_code")
+    def confirm_code(self, code: str) -> bool:
+        self.confirmed = True
+        return True
+
+    @workflow.update(name="wait_for_code")
+    async def wait_for_code(self) -> bool:
+        await workflow.wait_condition(lambda: self.code_sent)
+        return True
 
 
 # --- the client side, the same protocol as starter.client.CancellationClient ------------------
-
-POLL_EVERY = 0.05  # what CancellationClient._wait_started sleeps between queries
 
 
 async def request(
     client: Client, task_queue: str, workflow_id: str, service_id: int
 ) -> WorkflowHandle[BaselineCancellation, BaselineResult]:
-    """Start, then poll a query until the first activity is done (as `request` does)."""
-    handle = await client.start_workflow(
+    """Update-with-start, answered once the first activity is done (as `request` does)."""
+    start = WithStartWorkflowOperation(
         BaselineCancellation.run,
         BaselineInput(service_id=service_id),
         id=workflow_id,
@@ -101,11 +105,15 @@ async def request(
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
     )
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15
-    while not await handle.query(BaselineCancellation.sent) and loop.time() < deadline:
-        await asyncio.sleep(POLL_EVERY)
-    return handle
+    await client.execute_update_with_start_workflow(
+        BaselineCancellation.wait_for_code, start_workflow_operation=start
+    )
+    return await start.workflow_handle()
+
+
+async def confirm(handle: WorkflowHandle[BaselineCancellation, BaselineResult]) -> bool:
+    """Synchronous, through an update (as `CancellationClient.confirm` does)."""
+    return await handle.execute_update(BaselineCancellation.confirm_code, "000000")
 
 
 # --- its worker ---------------------------------------------------------------------------------
@@ -117,6 +125,9 @@ async def _run_worker() -> None:
 
     from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.worker import Worker
+
+    from bajas.config import Settings
+    from workflows.sandbox import workflow_runner
 
     client = await Client.connect(
         os.environ.get("TEMPORAL_ADDRESS", "localhost:7233"),
@@ -132,6 +143,8 @@ async def _run_worker() -> None:
         task_queue=os.environ["TEMPORAL_TASK_QUEUE"],
         workflows=[BaselineCancellation],
         activities=ACTIVITIES,
+        # the same runner as the bajas worker beside it (WORKFLOW_SANDBOX), for a fair ratio
+        workflow_runner=workflow_runner(sandboxed=Settings().workflow_sandbox),
         max_concurrent_activities=int(os.environ.get("MAX_CONCURRENT_ACTIVITIES", "50")),
         graceful_shutdown_timeout=timedelta(seconds=10),
     ):

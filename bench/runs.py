@@ -222,7 +222,7 @@ def _baseline_one(stack: Stack, queue: str, ids: Any) -> Callable[[Any, Run], Aw
         t0 = time.perf_counter()
         handle = await baseline.request(stack.client, queue, f"{queue}-{sid}", sid)
         t1 = time.perf_counter()
-        await handle.signal(baseline.BaselineCancellation.confirm, "000000")
+        await baseline.confirm(handle)
         result = await handle.result()
         t2 = time.perf_counter()
         if result.state != "cancelled":

@@ -87,6 +87,9 @@ def settings(pg_url: str, mail: MailSink, roots: tuple[Path, Path]) -> Settings:
         mail_root=roots[1],
         code_hmac_key="test-key-" + uuid.uuid4().hex,
         ops_email="ops@example.test",
+        # production workers run unsandboxed by default; here the sandbox catches any
+        # non-deterministic call the workflow might make
+        workflow_sandbox=True,
     )
 
 
