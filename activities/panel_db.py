@@ -40,13 +40,15 @@ class PanelDbActivities:
     async def check_service(self, data: ServiceCheckInput) -> ServiceCheck:
         """Decide whether this customer may cancel this service, and open the request row."""
         info = activity.info()
-        row = None
-        if 0 < data.service_id <= MAX_ID:
-            row = await self.pool.fetchrow(
-                "select customer_id, domain, status, expires_on, payment_method"
-                " from services where id = $1",
-                data.service_id,
-            )
+        if not (0 < data.service_id <= MAX_ID and 0 < data.customer_id <= MAX_ID):
+            # Not a bigint: no such service, and nothing to write down either.
+            activity.logger.warning("service check with ids out of range refused")
+            return ServiceCheck(accepted=False, rejection_reason="unknown service", **self.timing)
+        row = await self.pool.fetchrow(
+            "select customer_id, domain, status, expires_on, payment_method"
+            " from services where id = $1",
+            data.service_id,
+        )
         if row is None:
             check = ServiceCheck(accepted=False, rejection_reason="unknown service", **self.timing)
         elif row["customer_id"] != data.customer_id:

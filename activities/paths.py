@@ -12,7 +12,24 @@ class UnsafePath(Exception):
 
 
 def _real(path: str | os.PathLike[str]) -> str:
-    return os.path.realpath(os.path.abspath(path))
+    # realpath resolves each link before the `..` after it; abspath first would not.
+    return os.path.realpath(path)
+
+
+def resolve_all(paths: Iterable[str]) -> list[str]:
+    """Resolve many paths, each parent directory once: for the whole panel's paths."""
+    parents: dict[str, str] = {}
+    resolved = []
+    for path in paths:
+        if ".." in path.split(os.sep):
+            resolved.append(_real(path))  # a `..` after a link: only the full walk is right
+            continue
+        head, tail = os.path.split(os.path.normpath(path))
+        if head not in parents:
+            parents[head] = _real(head)
+        candidate = os.path.join(parents[head], tail)
+        resolved.append(_real(candidate) if os.path.islink(candidate) else candidate)
+    return resolved
 
 
 def _inside(child: str, parent: str) -> bool:
@@ -41,11 +58,13 @@ def checked_target(path: str | None, root: Path, *, what: str) -> str:
     return real
 
 
-def refuse_shared(target: str, others: Iterable[str | None], *, what: str) -> None:
-    """Refuse a path that is, contains or lies inside another service's data."""
-    for other in others:
-        if other and _overlaps(target, _real(other)):
-            raise UnsafePath(f"{what} {target!r} is shared with another service ({other!r})")
+def refuse_shared(target: str, others: Iterable[tuple[str, str]], *, what: str) -> None:
+    """Refuse a path that is, contains or lies inside another service's data.
+
+    `others` holds (as written, resolved) pairs, resolved with `resolve_all`."""
+    for written, real in others:
+        if _overlaps(target, real):
+            raise UnsafePath(f"{what} is shared with another service ({written!r})")
 
 
 def scan_tree(top: str) -> tuple[int, int]:

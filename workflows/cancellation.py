@@ -446,19 +446,20 @@ class ServiceCancellation:
         return ConfirmResult(accepted=accepted, attempts_left=self.attempts_left, state=self.state)
 
     @workflow.signal(name="confirm")
-    async def confirm(self, data: ConfirmInput) -> None:
-        if not is_well_formed_code(data.code):
+    async def confirm(self, data: ConfirmInput | None = None) -> None:
+        if data is None or not is_well_formed_code(data.code):
             workflow.logger.info("confirm signal with a malformed code ignored")
             return
         await self._confirm(data.code)
 
     @workflow.update(name="confirm_code")
-    async def confirm_code(self, data: ConfirmInput) -> ConfirmResult:
+    async def confirm_code(self, data: ConfirmInput | None = None) -> ConfirmResult:
+        assert data is not None  # the validator refuses a missing code
         return await self._confirm(data.code)
 
     @confirm_code.validator
-    def _check_confirm_code(self, data: ConfirmInput) -> None:
-        if not is_well_formed_code(data.code):
+    def _check_confirm_code(self, data: ConfirmInput | None = None) -> None:
+        if data is None or not is_well_formed_code(data.code):
             raise ValueError("the confirmation code must be exactly 6 digits")
         if not self._awaiting():
             raise ValueError(f"this cancellation is not awaiting confirmation (state {self.state})")
