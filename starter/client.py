@@ -6,6 +6,7 @@ Every call is addressed by service: the workflow id is `service-cancellation-<id
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 
 from pydantic import BaseModel
@@ -15,6 +16,7 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import (
     SearchAttributePair,
@@ -118,20 +120,27 @@ class CancellationClient:
                 ),
                 wait.total_seconds(),
             )
-        except TimeoutError:
-            status = None
+        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            status = None  # the mail has not left yet (SMTP down?): answer what stands
         except WorkflowUpdateFailedError as err:
             raise CancellationError(_cause_message(err)) from err
         except RPCError as err:
             raise _rpc_error(err, service_id) from err
-        handle = await start.workflow_handle()
         if status is None:
+            # The operation's own handle fails with the cancelled update: read it so the
+            # failure is not left unobserved, and reach the run by its workflow id.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await start.workflow_handle()
+            handle = self.handle(service_id)
             status = await self._query(handle)
+            run_id = (await handle.describe()).run_id
+        else:
+            started = await start.workflow_handle()
+            run_id = started.result_run_id or started.run_id
         if status.customer_id != customer_id:
             raise CancellationNotFound(f"service {service_id} not found for customer {customer_id}")
-        run_id = handle.result_run_id or handle.run_id
         assert run_id is not None
-        return RequestAnswer(workflow_id=handle.id, run_id=run_id, status=status)
+        return RequestAnswer(workflow_id=workflow_id_for(service_id), run_id=run_id, status=status)
 
     async def confirm(self, service_id: int, code: str) -> ConfirmResult:
         """Synchronous check through the `confirm_code` update."""

@@ -71,6 +71,7 @@ RETRY = RetryPolicy(
 SHORT = timedelta(seconds=30)
 # Patch ids (docs/VERSIONING.md): each guards a change to the commands a run issues.
 AUDIT_WRONG_CODES = "audit-wrong-codes"
+MAIL_AS_ACTIVITY = "mail-as-activity"
 # A dead worker is noticed this fast during a deletion; progress reaches the server
 # about every 0.8 of it (the SDK throttles heartbeats).
 HEARTBEAT = timedelta(seconds=10)
@@ -111,11 +112,17 @@ class ServiceCancellation:
         self.code_lock = asyncio.Lock()
         self.files_deleted = 0
         self.mailboxes_deleted = 0
+        self.audit_wrong_codes = False
+        self.mail_as_activity = False
 
     # ---- the main sequence ---------------------------------------------------------
 
     @workflow.run
     async def run(self, data: CancellationInput) -> CancellationResult:
+        # Every patch is decided here, before the first command: a `patched()` asked
+        # later, after a local activity, can fall in another workflow task on replay.
+        self.audit_wrong_codes = workflow.patched(AUDIT_WRONG_CODES)
+        self.mail_as_activity = workflow.patched(MAIL_AS_ACTIVITY)
         self.requested_at = workflow.now()
         workflow.upsert_search_attributes(
             [
@@ -310,7 +317,7 @@ class ServiceCancellation:
         """Mail a new code; the caller holds `code_lock`, so no check runs meanwhile."""
         assert self.billing_preview is not None
         generation = self.generation + 1
-        await workflow.execute_local_activity_method(
+        await self._mail_step(
             CodeActivities.issue_code,
             IssueCodeInput(
                 service_id=self.input.service_id,
@@ -319,8 +326,6 @@ class ServiceCancellation:
                 expires_at=expires_at,
                 billing_preview=self.billing_preview,
             ),
-            start_to_close_timeout=SHORT,
-            retry_policy=RETRY,
             summary=f"mail confirmation code #{generation}",
         )
         self.generation = generation
@@ -349,7 +354,7 @@ class ServiceCancellation:
         )
 
     async def _notice(self, kind: str) -> None:
-        await workflow.execute_local_activity_method(
+        await self._mail_step(
             NoticeActivities.send_notice,
             NoticeInput(
                 kind=kind,
@@ -357,9 +362,21 @@ class ServiceCancellation:
                 customer_id=self.input.customer_id,
                 billing_outcome=self.billing_outcome,
             ),
-            start_to_close_timeout=SHORT,
-            retry_policy=RETRY,
             summary=f"mail: {kind}",
+        )
+
+    async def _mail_step(
+        self, method: Callable[..., Awaitable[T]], arg: object, *, summary: str
+    ) -> T:
+        """A step that talks SMTP. v1/v2 ran it as a local activity, whose retries during
+        a mail outage hold the workflow task and so delay every query by seconds; since
+        `mail-as-activity` it is a regular activity."""
+        if self.mail_as_activity:
+            return await workflow.execute_activity_method(
+                method, arg, start_to_close_timeout=SHORT, retry_policy=RETRY, summary=summary
+            )
+        return await workflow.execute_local_activity_method(
+            method, arg, start_to_close_timeout=SHORT, retry_policy=RETRY, summary=summary
         )
 
     async def _result(self) -> CancellationResult:
@@ -436,7 +453,7 @@ class ServiceCancellation:
                 if self.attempts_left <= 0:
                     self._set_state(State.LOCKED)
                 # Added after v1: runs recorded before it replay without this step.
-                if workflow.patched(AUDIT_WRONG_CODES):
+                if self.audit_wrong_codes:
                     wrong = MAX_WRONG_CODES - self.attempts_left
                     await self._transition(f"code_rejected:{wrong}", None)
             self._publish()
