@@ -177,6 +177,7 @@ class IssueCodeResult(BaseModel):
 class VerifyCodeInput(BaseModel):
     generation: int
     code: str
+    service_id: int | None = None  # for the logs
 
 
 class VerifyCodeResult(BaseModel):

@@ -437,7 +437,9 @@ class ServiceCancellation:
                 return self._confirm_result(False)
             verdict = await workflow.execute_local_activity_method(
                 CodeActivities.verify_code,
-                VerifyCodeInput(generation=self.generation, code=code),
+                VerifyCodeInput(
+                    generation=self.generation, code=code, service_id=self.input.service_id
+                ),
                 start_to_close_timeout=SHORT,
                 retry_policy=RETRY,
                 summary="check a submitted code",
