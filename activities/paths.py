@@ -6,6 +6,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+FileId = tuple[int, int]  # (device, inode): one directory, however it is spelled
+
 
 class UnsafePath(Exception):
     """A path that deletion must not touch; the message says why, for the operator."""
@@ -14,22 +16,6 @@ class UnsafePath(Exception):
 def _real(path: str | os.PathLike[str]) -> str:
     # realpath resolves each link before the `..` after it; abspath first would not.
     return os.path.realpath(path)
-
-
-def resolve_all(paths: Iterable[str]) -> list[str]:
-    """Resolve many paths, each parent directory once: for the whole panel's paths."""
-    parents: dict[str, str] = {}
-    resolved = []
-    for path in paths:
-        if ".." in path.split(os.sep):
-            resolved.append(_real(path))  # a `..` after a link: only the full walk is right
-            continue
-        head, tail = os.path.split(os.path.normpath(path))
-        if head not in parents:
-            parents[head] = _real(head)
-        candidate = os.path.join(parents[head], tail)
-        resolved.append(_real(candidate) if os.path.islink(candidate) else candidate)
-    return resolved
 
 
 def _inside(child: str, parent: str) -> bool:
@@ -58,19 +44,11 @@ def checked_target(path: str | None, root: Path, *, what: str) -> str:
     return real
 
 
-def refuse_shared(target: str, others: Iterable[tuple[str, str]], *, what: str) -> None:
-    """Refuse a path that is, contains or lies inside another service's data.
-
-    `others` holds (as written, resolved) pairs, resolved with `resolve_all`."""
-    for written, real in others:
-        if _overlaps(target, real):
-            raise UnsafePath(f"{what} is shared with another service ({written!r})")
-
-
-def scan_tree(top: str) -> tuple[int, int]:
+def scan_tree(top: str, dir_ids: set[FileId] | None = None) -> tuple[int, int]:
     """Count files and directories below `top`; refuse any link that points out of it.
 
-    Runs before the first unlink, so a refused tree loses nothing.
+    Runs before the first unlink, so a refused tree loses nothing. `dir_ids` collects
+    the (device, inode) of every directory below, for the sharing check.
     """
     files = dirs = 0
     stack = [top]
@@ -89,6 +67,46 @@ def scan_tree(top: str) -> tuple[int, int]:
                 elif entry.is_dir(follow_symlinks=False):
                     dirs += 1
                     stack.append(entry.path)
+                    if dir_ids is not None:
+                        st = entry.stat(follow_symlinks=False)
+                        dir_ids.add((st.st_dev, st.st_ino))
                 else:
                     files += 1
     return files, dirs
+
+
+def file_id(path: str) -> FileId | None:
+    """The directory (or file) a path names on disk, links and `..` resolved by the
+    kernel; None when nothing is there."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def file_ids(paths: Iterable[str]) -> list[FileId | None]:
+    return [file_id(p) for p in paths]
+
+
+def ancestry(target: str) -> set[FileId]:
+    """`target` and every directory above it: another service living at one of them
+    would contain ours."""
+    ids: set[FileId] = set()
+    current = target
+    while True:
+        found = file_id(current)
+        if found is not None:
+            ids.add(found)
+        parent = os.path.dirname(current)
+        if parent == current:
+            return ids
+        current = parent
+
+
+def lexically_overlaps(target: str, other: str) -> bool:
+    """Overlap as written, for paths not (yet) on disk. A `..` is left to the kernel:
+    collapsing it by hand could cross a link the wrong way."""
+    if not other or ".." in other.split(os.sep):
+        return False
+    return _overlaps(target, os.path.normpath(other))

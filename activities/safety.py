@@ -15,13 +15,22 @@ from pathlib import Path
 import asyncpg
 
 from activities.errors import path_refused
-from activities.paths import UnsafePath, checked_target, refuse_shared, resolve_all, scan_tree
+from activities.paths import (
+    FileId,
+    UnsafePath,
+    ancestry,
+    checked_target,
+    file_ids,
+    lexically_overlaps,
+    scan_tree,
+)
 
 FILES = "files"
 MAILBOXES = "mailboxes"
 
-# Live paths of every other service; all of them are resolved (links, `.`, `..`, `//`),
-# since two spellings of one directory must count as one.
+# Live paths of every other service. Each is judged by the directory it names on
+# disk (one stat, links and `..` resolved by the kernel), so two spellings of one
+# directory count as one, at a cost that stays small for a large panel.
 _OTHERS = """
 select document_root as path from services
  where id <> $1 and status <> 'cancelled' and document_root is not null
@@ -37,6 +46,17 @@ class ServicePaths:
     document_root: str | None = None
     files: int = 0
     maildirs: list[tuple[int, str]] = field(default_factory=list)
+
+
+@dataclass
+class _Mine:
+    step: str
+    label: str
+    target: str
+    # the directories whose deletion this step implies or needs: the target, its
+    # ancestors (deleting them is never asked, but another service living there would
+    # contain ours) and everything below it
+    taken: set[FileId] = field(default_factory=set)
 
 
 async def check_paths(pool: asyncpg.Pool, service_id: int, roots: dict[str, Path]) -> ServicePaths:
@@ -63,14 +83,14 @@ def _target(path: str | None, root: Path, what: str, step: str) -> str:
 
 async def _check(pool: asyncpg.Pool, service_id: int, roots: dict[str, Path]) -> ServicePaths:
     paths = ServicePaths()
-    mine: list[tuple[str, str, str]] = []  # (step, label, resolved target)
+    mine: list[_Mine] = []
     if FILES in roots:
         document_root = await pool.fetchval(
             "select document_root from services where id = $1", service_id
         )
         if document_root:
             paths.document_root = _target(document_root, roots[FILES], "document_root", FILES)
-            mine.append((FILES, f"document_root {document_root!r}", paths.document_root))
+            mine.append(_Mine(FILES, f"document_root {document_root!r}", paths.document_root))
     if MAILBOXES in roots:
         for row in await pool.fetch(
             "select id, maildir from mailboxes"
@@ -80,21 +100,25 @@ async def _check(pool: asyncpg.Pool, service_id: int, roots: dict[str, Path]) ->
             what = f"maildir of mailbox {row['id']}"
             target = _target(row["maildir"], roots[MAILBOXES], what, MAILBOXES)
             paths.maildirs.append((row["id"], target))
-            mine.append((MAILBOXES, f"{what} ({row['maildir']!r})", target))
+            mine.append(_Mine(MAILBOXES, f"{what} ({row['maildir']!r})", target))
+    for item in mine:
+        item.taken |= ancestry(item.target)
+        if os.path.isdir(item.target) and not os.path.islink(item.target):
+            try:
+                files, _ = await asyncio.to_thread(scan_tree, item.target, item.taken)
+            except UnsafePath as err:
+                raise _Refusal(item.step, str(err)) from None
+            if item.step == FILES:
+                paths.files = files
     if mine:
         written = [r["path"] for r in await pool.fetch(_OTHERS, service_id)]
-        others = list(zip(written, await asyncio.to_thread(resolve_all, written), strict=True))
-        for step, label, target in mine:
-            try:
-                refuse_shared(target, others, what=label)
-            except UnsafePath as err:
-                raise _Refusal(step, str(err)) from None
-    for step, _, target in mine:
-        if os.path.isdir(target) and not os.path.islink(target):
-            try:
-                files, _ = await asyncio.to_thread(scan_tree, target)
-            except UnsafePath as err:
-                raise _Refusal(step, str(err)) from None
-            if step == FILES:
-                paths.files = files
+        on_disk = await asyncio.to_thread(file_ids, written)
+        for item in mine:
+            for other, other_id in zip(written, on_disk, strict=True):
+                if lexically_overlaps(item.target, other) or (
+                    other_id is not None and other_id in item.taken
+                ):
+                    raise _Refusal(
+                        item.step, f"{item.label} is shared with another service ({other!r})"
+                    )
     return paths

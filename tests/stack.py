@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import re
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -212,3 +215,20 @@ def tree_snapshot(root: Path) -> dict[str, str]:
             else:
                 snap[rel] = "<dir>"
     return snap
+
+
+async def wait_for(
+    what: str, probe: Callable[[], Any], *, timeout: float = 30.0, every: float = 0.1
+) -> Any:
+    """Poll `probe` (sync or async) until it returns something truthy."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = probe()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out waiting for {what} (last value {value!r})")
+        await asyncio.sleep(every)

@@ -39,11 +39,18 @@ from bajas.models import (
 from starter.client import CancellationError
 from tests.conftest import Stack
 from tests.stack import ServiceFixture, add_mailbox, code_in, mails_about, make_tree, tree_snapshot
+from tests.stack import wait_for as poll
 from workflows.search_attributes import WORKFLOW_TYPE, workflow_id_for
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 30.0
+
+
+async def wait_for(what: str, probe: Callable[[], Any], *, timeout: float = TIMEOUT) -> Any:
+    return await poll(what, probe, timeout=timeout)
+
+
 CODE_SUBJECT = "Código de confirmación"
 DONE_SUBJECT = "dado de baja"
 FAR = {"payment_method": "auto_debit"}  # expires 2099: billing would void and revoke
@@ -65,20 +72,6 @@ MALFORMED = {
 
 
 # ---- helpers -------------------------------------------------------------------------
-
-
-async def wait_for(what: str, probe: Callable[[], Any], *, timeout: float = TIMEOUT) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = probe()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if loop.time() >= deadline:
-            raise AssertionError(f"timed out waiting for {what} (last value {value!r})")
-        await asyncio.sleep(0.1)
 
 
 def code_mails(stack: Stack, domain: str) -> list[Any]:

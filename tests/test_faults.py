@@ -51,10 +51,17 @@ from bajas.models import (
 from starter.client import CancellationClient, CancellationNotFound
 from tests.processes import Postgres, TemporalDevServer, WorkerProcess, port_open, running_worker
 from tests.stack import Panel, ServiceFixture, code_in, free_port, mails_about, tree_files
+from tests.stack import wait_for as poll
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 60.0
+
+
+async def wait_for(what: str, probe: Callable[[], Any], *, timeout: float = TIMEOUT) -> Any:
+    return await poll(what, probe, timeout=timeout)
+
+
 CODE_SUBJECT = "Código de confirmación"
 DONE_SUBJECT = "dado de baja"
 EXPIRES_ON = date(2099, 6, 15)  # an auto-debit payer confirming long before: debit_cancelled
@@ -200,21 +207,6 @@ def build_tree(root: Path, files: int, per_dir: int = 100) -> None:
             fd = os.open(folder / f"f{n:06d}.html", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             os.write(fd, b"<p>hola</p>")
             os.close(fd)
-
-
-async def wait_for(
-    what: str, probe: Callable[[], Any], *, timeout: float = TIMEOUT, every: float = 0.1
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what} (last value {value!r})")
-        await asyncio.sleep(every)
 
 
 def mails(sink: MailSink, svc: ServiceFixture, subject: str) -> list[SunkMessage]:

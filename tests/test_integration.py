@@ -45,10 +45,19 @@ from tests.stack import (
     tree_files,
     tree_snapshot,
 )
+from tests.stack import (
+    wait_for as poll,
+)
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 30.0
+
+
+async def wait_for(what: str, probe: Callable[[], Any], *, timeout: float = TIMEOUT) -> Any:
+    return await poll(what, probe, timeout=timeout)
+
+
 CODE_SUBJECT = "Código de confirmación"
 DONE_SUBJECT = "dado de baja"
 WARNING = "Usted paga por débito automático: confirme la baja antes del 1 de"
@@ -101,23 +110,6 @@ def expiry_for(outcome: BillingOutcome, today: date) -> date | None:
 
 
 # ---- waiting and reading ---------------------------------------------------------------
-
-
-async def wait_for(
-    what: str, probe: Callable[[], Any], *, timeout: float = TIMEOUT, every: float = 0.1
-) -> Any:
-    """Poll `probe` (sync or async) until it returns something truthy."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = probe()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if loop.time() >= deadline:
-            raise AssertionError(f"timed out waiting for {what} (last value {value!r})")
-        await asyncio.sleep(every)
 
 
 def code_mails(stack: Any, domain: str) -> list[SunkMessage]:
