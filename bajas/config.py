@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 from datetime import timedelta
@@ -83,17 +84,25 @@ class Settings(BaseSettings):
         """The code key: CODE_HMAC_KEY, else one kept in .bajas/code.key (single machine)."""
         if self.code_hmac_key is not None:
             return self.code_hmac_key.get_secret_value().encode()
-        path = STATE_DIR / "code.key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(secrets.token_hex(32))
-            tmp.chmod(0o600)
-            try:
-                tmp.rename(path) if not path.exists() else tmp.unlink()
-            except FileNotFoundError:
-                pass
-        return path.read_text().strip().encode()
+        return persistent_secret("code.key").encode()
+
+
+def persistent_secret(name: str) -> str:
+    """A random secret kept in .bajas/<name> (mode 0600), made once; two processes
+    starting together agree on it (the first link wins)."""
+    path = STATE_DIR / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{name}.{secrets.token_hex(4)}")
+        tmp.write_text(secrets.token_urlsafe(32))
+        tmp.chmod(0o600)
+        try:
+            os.link(tmp, path)  # fails if another process got there first
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()
 
 
 class ConfigError(Exception):

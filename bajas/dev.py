@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import signal
 import socket
 import urllib.request
@@ -22,7 +21,7 @@ import asyncpg
 from rich.console import Console
 
 from bajas.binaries import find_binary
-from bajas.config import STATE_DIR, ConfigError, Settings
+from bajas.config import STATE_DIR, ConfigError, Settings, persistent_secret
 from bajas.db import create_pool, migrate
 from bajas.demo import DEMO_PASSWORD, load_demo
 from bajas.mailsink import MailSink, start_sink
@@ -74,14 +73,6 @@ async def _wait_until(check, what: str, timeout: float = 60.0) -> None:  # type:
         if loop.time() > deadline:
             raise ConfigError(f"{what} did not answer within {timeout:.0f} s")
         await asyncio.sleep(0.2)
-
-
-def _persistent_secret(name: str) -> str:
-    path = STATE_DIR / name
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
 
 
 class DevStack:
@@ -168,12 +159,12 @@ async def run_dev(options: DevOptions) -> None:
     token = (
         env_settings.panel_api_token.get_secret_value()
         if env_settings.panel_api_token
-        else _persistent_secret("api_token")
+        else persistent_secret("api_token")
     )
     code_key = (
         env_settings.code_hmac_key.get_secret_value()
         if env_settings.code_hmac_key
-        else _persistent_secret("code.key")
+        else persistent_secret("code.key")
     )
     sink = MailSink(folder=STATE_DIR / "mailsink")
     controller = None
