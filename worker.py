@@ -24,6 +24,7 @@ from activities.files import FilesActivities
 from activities.mail import Mailer, NoticeActivities, SmtpSettings
 from activities.mailboxes import MailboxActivities
 from activities.panel_db import PanelDbActivities
+from activities.safety import PanelPaths
 from bajas.config import Settings
 from bajas.db import create_pool
 from bajas.observability import ActivityLogging, setup_logging
@@ -59,7 +60,10 @@ def activities_for(settings: Settings, pool: asyncpg.Pool) -> Sequence[Any]:
         codes.issue_code,
         codes.verify_code,
         BillingActivities(
-            pool, hosting_root=settings.hosting_root, mail_root=settings.mail_root
+            pool,
+            hosting_root=settings.hosting_root,
+            mail_root=settings.mail_root,
+            panel=PanelPaths(pool),
         ).close_billing,
         MailboxActivities(pool, settings.mail_root).delete_mailboxes,
         FilesActivities(pool, settings.hosting_root).delete_files,

@@ -8,25 +8,32 @@ import asyncpg
 from temporalio import activity
 
 from activities.audit import record
-from activities.safety import FILES, MAILBOXES, check_paths
+from activities.safety import FILES, MAILBOXES, PanelPaths, check_paths
 from bajas.models import BillingInput, BillingResult, TransitionInput
 from workflows.rules import revokes_mandate, voids_renewal_invoices
 
 
 class BillingActivities:
-    def __init__(self, pool: asyncpg.Pool, *, hosting_root: Path, mail_root: Path) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, hosting_root: Path, mail_root: Path, panel: PanelPaths
+    ) -> None:
         self.pool = pool
         self.hosting_root = hosting_root
         self.mail_root = mail_root
+        self.panel = panel
 
     @activity.defn(name="close_billing")
     async def close_billing(self, data: BillingInput) -> BillingResult:
-        """Preflight every path first: billing closes only when the data can go too.
+        """Preflight every path first (inside its root, no link out, shared with no other
+        service): billing closes only when the data can go too.
 
         Then one transaction; each statement only touches rows not yet in their final state.
         """
         await check_paths(
-            self.pool, data.service_id, {FILES: self.hosting_root, MAILBOXES: self.mail_root}
+            self.pool,
+            data.service_id,
+            {FILES: self.hosting_root, MAILBOXES: self.mail_root},
+            self.panel,
         )
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(

@@ -28,15 +28,43 @@ from activities.paths import (
 FILES = "files"
 MAILBOXES = "mailboxes"
 
-# Live paths of every other service. Each is judged by the directory it names on
-# disk (one stat, links and `..` resolved by the kernel), so two spellings of one
-# directory count as one, at a cost that stays small for a large panel.
+# Live paths of every other service, judged by the directory each names on disk (one
+# stat, links and `..` resolved by the kernel), so two spellings of one directory count
+# as one.
 _OTHERS = """
 select document_root as path from services
  where id <> $1 and status <> 'cancelled' and document_root is not null
 union all
 select maildir from mailboxes where service_id <> $1 and deleted_at is null
 """
+
+
+class PanelPaths:
+    """The live paths of the other services, with the directory each names on disk.
+
+    The rows are read fresh every time; what a path names on disk is remembered for
+    `ttl` seconds, so a wave of cancellations stats a large panel (a 100,000-service
+    panel holds about 300,000 paths) once per few seconds, not once per cancellation.
+    Only a directory replaced on disk under the same path within those seconds would
+    be judged on what stood just before.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, ttl: float = 5.0) -> None:
+        self.pool = pool
+        self.ttl = ttl
+        self._seen: dict[str, tuple[float, FileId | None]] = {}
+
+    async def of_others(self, service_id: int) -> list[tuple[str, FileId | None]]:
+        written = [r["path"] for r in await self.pool.fetch(_OTHERS, service_id)]
+        now = asyncio.get_running_loop().time()
+        stale = [p for p in written if now - self._seen.get(p, (-self.ttl, None))[0] >= self.ttl]
+        if stale:
+            for path, found in zip(stale, await asyncio.to_thread(file_ids, stale), strict=True):
+                self._seen[path] = (now, found)
+        if len(self._seen) > 2 * len(written) + 1000:  # forget paths no longer in the panel
+            keep = set(written)
+            self._seen = {p: v for p, v in self._seen.items() if p in keep}
+        return [(p, self._seen[p][1]) for p in written]
 
 
 @dataclass
@@ -59,10 +87,16 @@ class _Mine:
     taken: set[FileId] = field(default_factory=set)
 
 
-async def check_paths(pool: asyncpg.Pool, service_id: int, roots: dict[str, Path]) -> ServicePaths:
-    """Check the paths of the steps named in `roots` ({FILES: HOSTING_ROOT, MAILBOXES: MAIL_ROOT})."""
+async def check_paths(
+    pool: asyncpg.Pool,
+    service_id: int,
+    roots: dict[str, Path],
+    panel: PanelPaths | None = None,
+) -> ServicePaths:
+    """Check the paths of the steps named in `roots` ({FILES: HOSTING_ROOT, MAILBOXES:
+    MAIL_ROOT}); with `panel`, also that no other service shares them (the preflight)."""
     try:
-        return await _check(pool, service_id, roots)
+        return await _check(pool, service_id, roots, panel)
     except _Refusal as refusal:
         raise path_refused(refusal.message, refusal.step) from None
 
@@ -81,7 +115,9 @@ def _target(path: str | None, root: Path, what: str, step: str) -> str:
         raise _Refusal(step, str(err)) from None
 
 
-async def _check(pool: asyncpg.Pool, service_id: int, roots: dict[str, Path]) -> ServicePaths:
+async def _check(
+    pool: asyncpg.Pool, service_id: int, roots: dict[str, Path], panel: PanelPaths | None
+) -> ServicePaths:
     paths = ServicePaths()
     mine: list[_Mine] = []
     if FILES in roots:
@@ -110,11 +146,10 @@ async def _check(pool: asyncpg.Pool, service_id: int, roots: dict[str, Path]) ->
                 raise _Refusal(item.step, str(err)) from None
             if item.step == FILES:
                 paths.files = files
-    if mine:
-        written = [r["path"] for r in await pool.fetch(_OTHERS, service_id)]
-        on_disk = await asyncio.to_thread(file_ids, written)
+    if mine and panel is not None:
+        others = await panel.of_others(service_id)
         for item in mine:
-            for other, other_id in zip(written, on_disk, strict=True):
+            for other, other_id in others:
                 if lexically_overlaps(item.target, other) or (
                     other_id is not None and other_id in item.taken
                 ):

@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from activities.errors import PATH_REFUSED
-from activities.safety import FILES, MAILBOXES, check_paths
+from activities.safety import FILES, MAILBOXES, PanelPaths, check_paths
 from bajas.models import (
     MAX_RESENDS,
     MAX_WRONG_CODES,
@@ -684,7 +684,12 @@ async def test_unsafe_path_is_refused_then_retried(
     # Guard: the preflight must refuse before the workflow is allowed anywhere near
     # these paths (a broken check here would otherwise delete real data).
     with pytest.raises(ApplicationError) as refused:
-        await check_paths(stack.pool, svc.service_id, {FILES: hosting_root, MAILBOXES: mail_root})
+        await check_paths(
+            stack.pool,
+            svc.service_id,
+            {FILES: hosting_root, MAILBOXES: mail_root},
+            PanelPaths(stack.pool),
+        )
     assert refused.value.type == PATH_REFUSED
     assert refused.value.details == (step,)
     assert words in refused.value.message, refused.value.message
@@ -766,6 +771,7 @@ async def test_shared_refusal_names_the_field(stack: Stack, tmp_path: Path, step
             stack.pool,
             svc.service_id,
             {FILES: stack.settings.hosting_root, MAILBOXES: stack.settings.mail_root},
+            PanelPaths(stack.pool),
         )
     message = refused.value.message
     assert "shared with another service" in message

@@ -301,7 +301,9 @@ async def test_happy_path_confirm_signal_cancels_in_order(h: Harness) -> None:
         expires_at=st.requested_at + WINDOW,
         billing_preview=BillingOutcome.DEBIT_CANCELLED,
     )
-    assert f.inputs("verify_code") == [VerifyCodeInput(generation=1, code="123456")]
+    assert f.inputs("verify_code") == [
+        VerifyCodeInput(generation=1, code="123456", service_id=h.service_id)
+    ]
 
     assert_deprovisioned_in_order(f)
     target = DeprovisionInput(service_id=h.service_id, customer_id=CUSTOMER)
@@ -494,7 +496,9 @@ async def test_malformed_codes_are_rejected_by_the_validator(h: Harness) -> None
     res = await confirm_code(handle, code_for(1))
     assert (res.accepted, res.attempts_left) == (True, MAX_WRONG_CODES)
     assert (await result_of(handle)).state is State.CANCELLED
-    assert f.inputs("verify_code") == [VerifyCodeInput(generation=1, code=code_for(1))]
+    assert f.inputs("verify_code") == [
+        VerifyCodeInput(generation=1, code=code_for(1), service_id=h.service_id)
+    ]
 
 
 async def test_malformed_signals_are_ignored(h: Harness) -> None:
@@ -510,7 +514,9 @@ async def test_malformed_signals_are_ignored(h: Harness) -> None:
     assert (res.accepted, res.attempts_left) == (True, MAX_WRONG_CODES)
     result = await result_of(handle)
     assert result.state is State.CANCELLED
-    assert f.inputs("verify_code") == [VerifyCodeInput(generation=1, code=code_for(1))]
+    assert f.inputs("verify_code") == [
+        VerifyCodeInput(generation=1, code=code_for(1), service_id=h.service_id)
+    ]
 
 
 async def test_resend_invalidates_the_old_code_and_moves_the_window(h: Harness) -> None:
@@ -547,8 +553,8 @@ async def test_resend_invalidates_the_old_code_and_moves_the_window(h: Harness) 
     result = await result_of(handle)
     assert result.state is State.CANCELLED
     assert f.inputs("verify_code") == [
-        VerifyCodeInput(generation=2, code=code_for(1)),
-        VerifyCodeInput(generation=2, code=code_for(2)),
+        VerifyCodeInput(generation=2, code=code_for(1), service_id=h.service_id),
+        VerifyCodeInput(generation=2, code=code_for(2), service_id=h.service_id),
     ]
     assert_deprovisioned_in_order(f)
 
