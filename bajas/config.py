@@ -107,7 +107,3 @@ def persistent_secret(name: str) -> str:
 
 class ConfigError(Exception):
     """A configuration value is missing or wrong; shown to the operator as one line."""
-
-
-def load_settings(**overrides: Any) -> Settings:
-    return Settings(**overrides)
