@@ -9,6 +9,7 @@ from temporalio import activity
 
 from activities.audit import record
 from bajas.models import (
+    MAX_ID,
     FinishInput,
     PaymentMethod,
     ServiceCheck,
@@ -16,8 +17,6 @@ from bajas.models import (
     State,
     TransitionInput,
 )
-
-MAX_ID = 2**63 - 1
 
 
 class PanelDbActivities:

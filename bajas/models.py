@@ -10,6 +10,8 @@ from pydantic import AwareDatetime, BaseModel, Field
 CODE_LENGTH = 6
 MAX_WRONG_CODES = 5
 MAX_RESENDS = 3
+# The panel's ids are PostgreSQL bigints: a larger number names no row.
+MAX_ID = 2**63 - 1
 
 
 class State(StrEnum):

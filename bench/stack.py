@@ -38,9 +38,9 @@ from temporalio.client import Client, Interceptor, OutboundInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from bajas.binaries import find_binary
 from bajas.db import create_pool, migrate
-from bajas.mailsink import MailSink, SunkMessage, start_sink
+from bajas.dev.binaries import find_binary
+from bajas.dev.mailsink import MailSink, SunkMessage, start_sink
 from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
 
 REPO = Path(__file__).resolve().parents[1]

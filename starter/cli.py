@@ -79,7 +79,7 @@ def dev(
     smtp_port: Annotated[int, typer.Option(help="port of the SMTP sink")] = 1025,
 ) -> None:
     """Everything on one machine with embedded defaults (state in ./.bajas/)."""
-    from bajas.dev import DevOptions, run_dev
+    from bajas.dev.runner import DevOptions, run_dev
 
     try:
         asyncio.run(run_dev(DevOptions(host=host, api_port=port, smtp_port=smtp_port)))

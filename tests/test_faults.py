@@ -40,7 +40,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.mail import local_text
 from bajas.db import create_pool, migrate
-from bajas.mailsink import MailSink, SunkMessage, start_sink
+from bajas.dev.mailsink import MailSink, SunkMessage, start_sink
 from bajas.models import (
     BillingOutcome,
     CancellationResult,

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 
-from bajas.mailsink import SunkMessage
+from bajas.dev.mailsink import SunkMessage
 from bajas.models import (
     MAX_WRONG_CODES,
     BillingOutcome,

@@ -30,7 +30,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from bajas.binaries import find_binary
+from bajas.dev.binaries import find_binary
 from bajas.models import (
     MAX_RESENDS,
     MAX_WRONG_CODES,

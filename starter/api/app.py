@@ -17,9 +17,19 @@ from temporalio.service import RPCError
 
 from bajas.config import Settings
 from bajas.db import create_pool
-from bajas.mailsink import MailSink
+from bajas.dev.mailsink import MailSink
 from bajas.temporal_client import connect
-from starter.api import (
+from starter.api.deps import AppState
+from starter.api.errors import (
+    ApiError,
+    PanelError,
+    PanelRedirect,
+    TemporalUnavailable,
+    panel_not_found,
+    validation_message,
+)
+from starter.api.panel_ui import STATIC_DIR, make_templates, render
+from starter.api.routes import (
     api_cancellation,
     api_services,
     dev_mail,
@@ -27,11 +37,7 @@ from starter.api import (
     panel_services,
     root,
 )
-from starter.api.deps import PanelError, PanelRedirect, Runtime, panel_not_found
-from starter.api.errors import ApiError, validation_message
-from starter.api.panel_ui import STATIC_DIR, make_templates, render
 from starter.api.security import api_token, session_secret
-from starter.api.views import TemporalUnavailable
 
 SESSION_COOKIE = "bajas_panel"
 SESSION_MAX_AGE = 8 * 3600
@@ -58,7 +64,7 @@ def create_app(
     Raises ConfigError when PANEL_API_TOKEN is missing (or too short to be a secret).
     `mail_sink` is given only by `bajas dev`: it mounts the mail viewer at /dev/mail.
     """
-    rt = Runtime(
+    rt = AppState(
         settings=settings,
         token=api_token(settings),
         templates=make_templates(),

@@ -12,14 +12,15 @@ from fastapi.templating import Jinja2Templates
 from temporalio.client import Client
 
 from bajas.config import Settings
-from bajas.mailsink import MailSink
+from bajas.dev.mailsink import MailSink
 from starter.api import store
+from starter.api.errors import PanelError, PanelRedirect, panel_not_found
 from starter.api.security import token_matches
 from starter.client import CancellationClient
 
 
 @dataclass
-class Runtime:
+class AppState:
     """What the app runs on; the lifespan fills in what create_app was not given."""
 
     settings: Settings
@@ -35,23 +36,23 @@ class Runtime:
         return CancellationClient(self.client, self.settings.temporal_task_queue)
 
 
-def runtime(request: Request) -> Runtime:
+def app_state(request: Request) -> AppState:
     return request.app.state.bajas  # type: ignore[no-any-return]
 
 
-RuntimeDep = Annotated[Runtime, Depends(runtime)]
+AppStateDep = Annotated[AppState, Depends(app_state)]
 
 
-def _settings(rt: RuntimeDep) -> Settings:
+def _settings(rt: AppStateDep) -> Settings:
     return rt.settings
 
 
-def _pool(rt: RuntimeDep) -> asyncpg.Pool:
+def _pool(rt: AppStateDep) -> asyncpg.Pool:
     assert rt.pool is not None, "the app's lifespan has not run"
     return rt.pool
 
 
-def _cancellations(rt: RuntimeDep) -> CancellationClient:
+def _cancellations(rt: AppStateDep) -> CancellationClient:
     return rt.cancellations
 
 
@@ -66,7 +67,7 @@ _bearer = HTTPBearer(auto_error=False, description="PANEL_API_TOKEN")
 
 
 def require_token(
-    rt: RuntimeDep,
+    rt: AppStateDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     """Constant-time check of `Authorization: Bearer $PANEL_API_TOKEN`."""
@@ -106,26 +107,6 @@ ServiceDep = Annotated[store.Service, Depends(_api_service)]
 
 
 # ---- the customer panel ------------------------------------------------------------------
-
-
-class PanelRedirect(Exception):
-    """Send the browser elsewhere (sign-in page) with a 303."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-
-class PanelError(Exception):
-    """An error page in Spanish."""
-
-    def __init__(self, status_code: int, title: str, message: str) -> None:
-        self.status_code = status_code
-        self.title = title
-        self.message = message
-
-
-def panel_not_found() -> PanelError:
-    return PanelError(404, "No encontrado", "No encontramos esa página o ese servicio.")
 
 
 async def _signed_in(request: Request, pool: PoolDep) -> store.Customer:

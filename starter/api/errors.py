@@ -1,4 +1,5 @@
-"""Errors the API answers as JSON `{"detail": "..."}` (with the state when it helps)."""
+"""Every error the API and the panel raise: JSON `{"detail": ...}` for the API, a Spanish page
+or a redirect for the panel."""
 
 from __future__ import annotations
 
@@ -27,6 +28,30 @@ class ApiError(Exception):
             state=status.state if status else None,
             attempts_left=status.attempts_left if status else None,
         )
+
+
+class TemporalUnavailable(Exception):
+    """Temporal (or a worker to answer the query) did not answer in time."""
+
+
+class PanelRedirect(Exception):
+    """Send the browser elsewhere (sign-in page) with a 303."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+
+class PanelError(Exception):
+    """An error page in Spanish."""
+
+    def __init__(self, status_code: int, title: str, message: str) -> None:
+        self.status_code = status_code
+        self.title = title
+        self.message = message
+
+
+def panel_not_found() -> PanelError:
+    return PanelError(404, "No encontrado", "No encontramos esa página o ese servicio.")
 
 
 def validation_message(errors: list[dict[str, object]]) -> str:

@@ -7,9 +7,8 @@ from datetime import date, datetime
 
 import asyncpg
 
-from bajas.models import State
+from bajas.models import MAX_ID, State
 
-MAX_ID = 2**63 - 1
 IN_PROGRESS = (State.AWAITING_CONFIRMATION.value, State.DEPROVISIONING.value)
 
 

@@ -12,7 +12,8 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from bajas.models import CODE_LENGTH, State, is_well_formed_code
-from starter.api import store, views
+from starter.api import store
+from starter.api.cancellations import billing_preview, services_with_cancellations, status_of
 from starter.api.deps import (
     ClientDep,
     CsrfDep,
@@ -36,7 +37,7 @@ async def _card(pool: PoolDep, cancellations: ClientDep, service: store.Service)
     latest = (await store.latest_requests(pool, [service.id])).get(service.id)
     if latest is None:
         return ServiceCard(service, None)
-    status = await views.status_of(cancellations, service)
+    status = await status_of(cancellations, service)
     if status is None:
         return ServiceCard(service, None)
     if status.state.is_final:
@@ -49,7 +50,7 @@ async def services(
     request: Request, customer: SignedInDep, pool: PoolDep, cancellations: ClientDep
 ) -> Response:
     """ "Servicios": every service of the signed-in customer with its state."""
-    pairs = await views.services_with_cancellations(pool, cancellations, customer.id)
+    pairs = await services_with_cancellations(pool, cancellations, customer.id)
     cards = [ServiceCard(s, status) for s, status in pairs]
     return render(
         request,
@@ -104,7 +105,7 @@ async def request_preview(
             "customer": customer,
             "card": card,
             "mailboxes": await store.mailbox_addresses(pool, service.id),
-            "preview": views.billing_preview(service, settings),
+            "preview": billing_preview(service, settings),
         },
     )
 

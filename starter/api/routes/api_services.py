@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from starter.api import views
+from starter.api.cancellations import service_view, services_with_cancellations
 from starter.api.deps import ClientDep, CustomerDep, PoolDep, SettingsDep, require_token
 from starter.api.schemas import ErrorBody, ServiceList
 
@@ -21,8 +21,8 @@ async def list_services(
     customer: CustomerDep, pool: PoolDep, cancellations: ClientDep, settings: SettingsDep
 ) -> ServiceList:
     """The customer's services with their status and any cancellation in progress."""
-    pairs = await views.services_with_cancellations(pool, cancellations, customer.id)
+    pairs = await services_with_cancellations(pool, cancellations, customer.id)
     return ServiceList(
         customer_id=customer.id,
-        services=[views.service_view(s, status, settings) for s, status in pairs],
+        services=[service_view(s, status, settings) for s, status in pairs],
     )

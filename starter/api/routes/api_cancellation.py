@@ -14,7 +14,8 @@ from temporalio.client import WorkflowFailureError
 from temporalio.service import RPCError
 
 from bajas.models import CancellationStatus, State
-from starter.api import store, views
+from starter.api import store
+from starter.api.cancellations import billing_preview, cancellation_view, status_of
 from starter.api.deps import ClientDep, ServiceDep, SettingsDep, require_token
 from starter.api.errors import ApiError
 from starter.api.schemas import (
@@ -46,7 +47,7 @@ async def _refusal(
     cancellations: CancellationClient, service: store.Service, what: str, err: Exception
 ) -> ApiError:
     """404 when the service never had a cancellation, else 409 with where it stands now."""
-    status = await views.status_of(cancellations, service)
+    status = await status_of(cancellations, service)
     if status is None:
         return _no_cancellation(service)
     if status.state.is_final:
@@ -99,9 +100,9 @@ async def request_cancellation(
     response.headers["Location"] = (
         f"/api/customers/{service.customer_id}/services/{service.id}/cancellation"
     )
-    view = views.cancellation_view(status, service, settings)
+    view = cancellation_view(status, service, settings)
     if view.billing_preview is None:
-        view.billing_preview = views.billing_preview(service, settings)
+        view.billing_preview = billing_preview(service, settings)
     return view.model_copy(update={"run_id": answer.run_id})
 
 
@@ -117,10 +118,10 @@ async def cancellation_status(
     service: ServiceDep, cancellations: ClientDep, settings: SettingsDep
 ) -> CancellationView:
     """The `status` query of the service's latest cancellation."""
-    status = await views.status_of(cancellations, service)
+    status = await status_of(cancellations, service)
     if status is None:
         raise _no_cancellation(service)
-    return views.cancellation_view(status, service, settings)
+    return cancellation_view(status, service, settings)
 
 
 @router.post(
@@ -169,11 +170,11 @@ async def withdraw_cancellation(
     service: ServiceDep, cancellations: ClientDep, settings: SettingsDep
 ) -> CancellationView:
     """Withdraw a cancellation still awaiting its code (state becomes withdrawn)."""
-    current = await views.status_of(cancellations, service)
+    current = await status_of(cancellations, service)
     if current is None:
         raise _no_cancellation(service)
     try:
         status: CancellationStatus = await cancellations.withdraw(service.id, by="api")
     except CancellationError as err:
         raise await _refusal(cancellations, service, "cannot withdraw", err) from err
-    return views.cancellation_view(status, service, settings)
+    return cancellation_view(status, service, settings)

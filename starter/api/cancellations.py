@@ -10,16 +10,13 @@ import asyncpg
 from bajas.config import Settings
 from bajas.models import BillingOutcome, CancellationStatus, State
 from starter.api import store
+from starter.api.errors import TemporalUnavailable
 from starter.api.schemas import BillingPreview, CancellationView, ServiceView
 from starter.client import CancellationClient, CancellationError, CancellationNotFound
 from workflows.rules import OUTCOME_TEXT_ES, debit_warning_es, outcome_at
 from workflows.search_attributes import workflow_id_for
 
 QUERY_TIMEOUT = 10.0
-
-
-class TemporalUnavailable(Exception):
-    """Temporal (or a worker to answer the query) did not answer in time."""
 
 
 def billing_preview(

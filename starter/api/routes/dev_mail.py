@@ -5,21 +5,22 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from bajas.mailsink import MailSink
-from starter.api.deps import PanelError, RuntimeDep, panel_not_found
+from bajas.dev.mailsink import MailSink
+from starter.api.deps import AppStateDep
+from starter.api.errors import PanelError, panel_not_found
 from starter.api.panel_ui import render
 
 router = APIRouter(prefix="/dev/mail", include_in_schema=False)
 
 
-def _sink(rt: RuntimeDep) -> MailSink:
+def _sink(rt: AppStateDep) -> MailSink:
     if rt.mail_sink is None:
         raise PanelError(404, "No disponible", "El visor de correo solo existe en desarrollo.")
     return rt.mail_sink
 
 
 @router.get("", response_class=HTMLResponse, name="dev_mail")
-async def mail_list(request: Request, rt: RuntimeDep) -> Response:
+async def mail_list(request: Request, rt: AppStateDep) -> Response:
     """Every message the sink holds, newest first."""
     sink = _sink(rt)
     messages = list(enumerate(sink.messages))[::-1]
@@ -27,7 +28,7 @@ async def mail_list(request: Request, rt: RuntimeDep) -> Response:
 
 
 @router.get("/{n}", response_class=HTMLResponse, name="dev_mail_message")
-async def mail_message(request: Request, n: int, rt: RuntimeDep) -> Response:
+async def mail_message(request: Request, n: int, rt: AppStateDep) -> Response:
     """One message: headers and plain-text body."""
     sink = _sink(rt)
     if not 0 <= n < len(sink.messages):
