@@ -31,13 +31,23 @@ from bajas.observability import ActivityLogging, setup_logging
 from bajas.temporal_client import connect
 from workflows.cancellation import ServiceCancellation
 from workflows.sandbox import workflow_runner
+from workflows.search_attributes import node_task_queue
 
 log = logging.getLogger("bajas.worker")
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 
 
+def node_activities_for(settings: Settings, pool: asyncpg.Pool) -> list[Any]:
+    """The steps that read or delete files and mailboxes: they run where the data is."""
+    return [
+        MailboxActivities(pool, settings.mail_root).delete_mailboxes,
+        FilesActivities(pool, settings.hosting_root).delete_files,
+    ]
+
+
 def activities_for(settings: Settings, pool: asyncpg.Pool) -> Sequence[Any]:
-    """Every activity, each object built with what it touches in the world."""
+    """Every activity, each object built with what it touches in the world: a central
+    worker also runs the node steps of the services that name no server."""
     mailer = Mailer(
         SmtpSettings(
             host=settings.smtp_host,
@@ -65,13 +75,26 @@ def activities_for(settings: Settings, pool: asyncpg.Pool) -> Sequence[Any]:
             mail_root=settings.mail_root,
             panel=PanelPaths(pool),
         ).close_billing,
-        MailboxActivities(pool, settings.mail_root).delete_mailboxes,
-        FilesActivities(pool, settings.hosting_root).delete_files,
         NoticeActivities(pool, mailer, settings.ops_email).send_notice,
+        *node_activities_for(settings, pool),
     ]
 
 
-def build_worker(client: Client, settings: Settings, pool: asyncpg.Pool) -> Worker:
+def build_worker(
+    client: Client, settings: Settings, pool: asyncpg.Pool, node: str | None = None
+) -> Worker:
+    """The central worker (workflow, billing, mail and the node steps of services without
+    a server), or with `node` the worker of one hosting server: only its node steps."""
+    if node is not None:
+        return Worker(
+            client,
+            task_queue=node_task_queue(settings.temporal_task_queue, node),
+            activities=node_activities_for(settings, pool),
+            max_concurrent_activities=settings.max_concurrent_activities,
+            max_concurrent_activity_task_polls=settings.activity_task_pollers,
+            graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+            interceptors=[ActivityLogging()],
+        )
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,
@@ -96,15 +119,17 @@ def install_metrics(port: int | None) -> Runtime | None:
     )
 
 
-async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def run_worker(
+    settings: Settings, stop: asyncio.Event | None = None, node: str | None = None
+) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT when none is given)."""
     runtime = install_metrics(settings.metrics_port)
     client = await (connect(runtime=runtime) if runtime else connect())
     pool = await create_pool(settings.require_database_url(), max_size=settings.db_pool_max)
     stop = stop or _signal_event()
     try:
-        async with build_worker(client, settings, pool):
-            log.info("worker polling task queue %s", settings.temporal_task_queue)
+        async with build_worker(client, settings, pool, node) as worker:
+            log.info("worker polling task queue %s", worker.task_queue)
             await stop.wait()
             log.info("worker draining (up to %s)", GRACEFUL_SHUTDOWN)
     finally:

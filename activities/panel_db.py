@@ -44,7 +44,7 @@ class PanelDbActivities:
             activity.logger.warning("service check with ids out of range refused")
             return ServiceCheck(accepted=False, rejection_reason="unknown service", **self.timing)
         row = await self.pool.fetchrow(
-            "select customer_id, domain, status, expires_on, payment_method"
+            "select customer_id, domain, status, expires_on, payment_method, server"
             " from services where id = $1",
             data.service_id,
         )
@@ -65,6 +65,7 @@ class PanelDbActivities:
                 domain=row["domain"],
                 expires_on=row["expires_on"],
                 payment_method=PaymentMethod(row["payment_method"]),
+                server=row["server"] or None,
             )
         state = State.AWAITING_CONFIRMATION if check.accepted else State.REJECTED
         async with self.pool.acquire() as conn, conn.transaction():

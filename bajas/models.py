@@ -161,6 +161,9 @@ class ServiceCheck(BaseModel):
     domain: str | None = None
     expires_on: date | None = None
     payment_method: PaymentMethod | None = None
+    # services.server: the hosting server whose node worker runs the file and mailbox
+    # steps; None when the central workers reach the data.
+    server: str | None = None
 
 
 class IssueCodeInput(BaseModel):

@@ -98,7 +98,15 @@ def migrate() -> None:
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    node: Annotated[
+        str | None,
+        typer.Option(
+            "--node",
+            help="run on hosting server NAME: only the file and mailbox steps of its services",
+        ),
+    ] = None,
+) -> None:
     """Run the worker (same as `python worker.py`); SIGTERM drains it."""
     from bajas.observability import setup_logging
     from worker import run_worker
@@ -106,7 +114,9 @@ def worker() -> None:
     settings = _settings()
     setup_logging(settings.log_format)
     settings.require_database_url()
-    _run(lambda: run_worker(settings))
+    if node is not None and not node.strip():
+        raise Failure("--node needs the hosting server's name (services.server)")
+    _run(lambda: run_worker(settings, node=node))
 
 
 @app.command()

@@ -16,3 +16,9 @@ WORKFLOW_TYPE = "ServiceCancellation"
 
 def workflow_id_for(service_id: int) -> str:
     return f"service-cancellation-{service_id}"
+
+
+def node_task_queue(task_queue: str, server: str) -> str:
+    """The queue of the node worker on hosting server `server` (`bajas worker --node`):
+    the steps that read or delete a service's files and mailboxes run there."""
+    return f"{task_queue}-node-{server}"
