@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bajas.config import ConfigError, Settings
+from bajas.config import ConfigError, Settings, Unreachable, settings_from_env
 from bajas.models import CancellationStatus
 
 T = TypeVar("T")
@@ -39,11 +39,7 @@ class Failure(Exception):
 
 
 def _settings() -> Settings:
-    try:
-        return Settings()
-    except Exception as err:  # pydantic's ValidationError, many lines: keep the first
-        first = str(err).splitlines()
-        raise Failure(f"bad configuration: {' '.join(first[:3])}") from err
+    return settings_from_env()
 
 
 def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
@@ -54,11 +50,7 @@ async def _cancellations(settings: Settings):  # type: ignore[no-untyped-def]
     from bajas.temporal_client import connect
     from starter.client import CancellationClient
 
-    try:
-        client = await connect()
-    except Exception as err:
-        reason = "connection refused" if "Connection refused" in str(err) else _first_line(err)
-        raise Failure(f"cannot reach Temporal: {reason}") from err
+    client = await connect(settings)  # Unreachable names the address
     return CancellationClient(client, settings.temporal_task_queue)
 
 
@@ -77,12 +69,14 @@ def dev(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port of the HTTP API and panel")] = 8000,
     smtp_port: Annotated[int, typer.Option(help="port of the SMTP sink")] = 1025,
+    codec_port: Annotated[int, typer.Option(help="port of the codec server")] = 8081,
 ) -> None:
     """Everything on one machine with embedded defaults (state in ./.bajas/)."""
     from bajas.dev.runner import DevOptions, run_dev
 
+    options = DevOptions(host=host, api_port=port, smtp_port=smtp_port, codec_port=codec_port)
     try:
-        asyncio.run(run_dev(DevOptions(host=host, api_port=port, smtp_port=smtp_port)))
+        asyncio.run(run_dev(options))
     except KeyboardInterrupt:
         pass
 
@@ -115,13 +109,44 @@ def api(
     port: Annotated[int, typer.Option(help="listen port")] = 8000,
 ) -> None:
     """Serve the HTTP API under /api and the customer panel under /panel/."""
-    import uvicorn
-
-    from starter.api.app import create_app
-
     settings = _settings()
     settings.require_database_url()
-    uvicorn.run(create_app(settings), host=host, port=port)
+    _run(lambda: _serve_api(settings, host, port))
+
+
+@app.command("codec-server")
+def codec_server(
+    host: Annotated[str, typer.Option(help="listen address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="listen port")] = 8081,
+) -> None:
+    """Serve Temporal's codec protocol (POST /encode, /decode) for the Web UI and the CLI."""
+    from starter.codec_server import create_codec_app
+
+    settings = _settings()
+    _run(lambda: _serve(create_codec_app(settings), host, port))
+
+
+async def _serve_api(settings: Settings, host: str, port: int) -> None:
+    """Check the token, reach Temporal and PostgreSQL, then serve: a server that cannot be
+    reached is one line here, not a traceback from inside uvicorn's start-up."""
+    from bajas.db import create_pool
+    from bajas.temporal_client import connect
+    from starter.api.app import create_app
+    from starter.api.security import api_token
+
+    api_token(settings)
+    client = await connect(settings)
+    pool = await create_pool(settings.require_database_url(), max_size=settings.db_pool_max)
+    try:
+        await _serve(create_app(settings, client=client, pool=pool), host, port)
+    finally:
+        await pool.close()
+
+
+async def _serve(asgi: Any, host: str, port: int) -> None:
+    import uvicorn
+
+    await uvicorn.Server(uvicorn.Config(asgi, host=host, port=port)).serve()
 
 
 # ---- operator commands ------------------------------------------------------------------
@@ -223,9 +248,9 @@ def set_password(
     hashed = PasswordHasher().hash(clave)
 
     async def go() -> None:
-        import asyncpg
+        from bajas.db import connect
 
-        conn = await asyncpg.connect(settings.require_database_url())
+        conn = await connect(settings.require_database_url())
         try:
             updated = await conn.fetchval(
                 "update customers set password_hash = $2 where id = $1 returning number",
@@ -250,20 +275,28 @@ def _client_command(go: Callable[[], Awaitable[None]]) -> None:
         code = _fail(str(err))
     except Exception as err:
         code = _fail(_describe(err))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    _leave(code)
 
 
 def _describe(err: Exception) -> str:
+    """One line for what went wrong after the start-up checks (a server lost mid-command,
+    a history encrypted under keys this process lacks)."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from bajas.codec import PayloadKeyError
+    from bajas.db import database_address
+    from bajas.temporal_client import connect_config
     from starter.client import CancellationError
 
-    if isinstance(err, CancellationError):
+    if isinstance(err, CancellationError | PayloadKeyError):
         return str(err)
+    if isinstance(err, RPCError) and err.status is RPCStatusCode.UNAVAILABLE:
+        return str(Unreachable("Temporal", connect_config()["target_host"], "TEMPORAL_ADDRESS"))
     if isinstance(err, OSError):
-        return f"cannot reach the server: {_first_line(err)}"
-    if "Connection refused" in str(err):
-        return "cannot reach the server: connection refused"
+        address = database_address(os.environ.get("DATABASE_URL", ""))
+        return str(Unreachable("PostgreSQL", address, "DATABASE_URL", _first_line(err)))
+    if "binary/encrypted" in str(err):
+        return "the history is encrypted: set PAYLOAD_KEYS to the workers' keys"
     name = type(err).__module__.split(".")[0]
     if name == "asyncpg":
         return f"database error: {_first_line(err)}"
@@ -318,11 +351,18 @@ def main() -> None:
     except typer.TyperException as err:  # bad usage: unknown command, bad option value
         sys.exit(_fail(_usage_message(err)) + 1)
     except (Failure, ConfigError) as err:
-        sys.exit(_fail(str(err)))
+        _leave(_fail(str(err)))
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as err:
-        sys.exit(_fail(_describe(err)))
+        _leave(_fail(_describe(err)))
+
+
+def _leave(code: int) -> None:
+    """Exit at once: a client connected before the failure can abort interpreter shutdown."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
