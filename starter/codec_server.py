@@ -118,7 +118,8 @@ async def _transcode(request: Request, transform: Transform) -> Response:
         done = Payloads(payloads=await transform(payloads.payloads))
     except PayloadKeyError as err:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(err)) from None
-    return Response(json_format.MessageToJson(done, indent=None), media_type="application/json")
+    body = json_format.MessageToJson(done, indent=None, always_print_fields_with_no_presence=True)
+    return Response(body, media_type="application/json")
 
 
 def _session_value(token: str) -> str:

