@@ -24,7 +24,7 @@ async def create_pool(dsn: str, *, max_size: int = 10) -> asyncpg.Pool:
 
 def migration_files() -> list[tuple[str, str]]:
     folder = resources.files("bajas") / "migrations"
-    files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
+    files = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
     return [(p.name, p.read_text(encoding="utf-8")) for p in files]
 
 
