@@ -22,7 +22,9 @@ from tests.conftest_api import (  # noqa: F401 - fixtures
     wait_for_mails,
     wrong,
 )
-from tests.stack import ServiceFixture, code_in, mails_about
+from tests.helpers import assert_eventually
+from tests.helpers.mail import code_in, mails_about
+from tests.helpers.panel import ServiceFixture
 from workflows.search_attributes import workflow_id_for
 
 pytestmark = pytest.mark.integration
@@ -52,14 +54,12 @@ async def no_workflow(stack: Stack, service_id: int) -> bool:
 
 
 async def wait_state(api: httpx.AsyncClient, svc: ServiceFixture, state: str) -> dict:  # noqa: F811
-    body: dict = {}
-    for _ in range(300):
+    async def reached() -> dict | None:
         r = await api.get(base(svc))
         body = r.json()
-        if r.status_code == 200 and body["state"] == state:
-            return body
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"never reached {state}: {body}")
+        return body if r.status_code == 200 and body["state"] == state else None
+
+    return await assert_eventually(reached, f"state {state} of {svc.domain}")
 
 
 # ---- the schema and authentication ----------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import uuid
 from dataclasses import dataclass
@@ -26,7 +25,10 @@ from temporalio.service import RPCError
 
 from bajas.models import MAX_WRONG_CODES, State
 from tests.conftest import Stack
-from tests.stack import code_in, free_port, mails_about, tree_snapshot
+from tests.helpers import assert_eventually, free_port
+from tests.helpers.mail import code_in, mails_about
+from tests.helpers.panel import tree_snapshot
+from tests.helpers.processes import clean_env
 
 pytestmark = pytest.mark.integration
 
@@ -52,23 +54,18 @@ def _command() -> list[str]:
 
 def stack_env(stack: Stack, **overrides: str) -> dict[str, str]:
     """A clean environment pointing at the session stack, plus `overrides`."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("TEMPORAL_", "BAJAS_", "PANEL_"))
-        and k not in ("DATABASE_URL", "HOSTING_ROOT", "MAIL_ROOT")
-    }
-    env.update(
-        TEMPORAL_ADDRESS=stack.client.service_client.config.target_host,
-        TEMPORAL_NAMESPACE=stack.client.namespace,
-        TEMPORAL_TASK_QUEUE=stack.settings.temporal_task_queue,
-        DATABASE_URL=stack.settings.database_url or "",
-        COLUMNS="200",
-        NO_COLOR="1",
-        TERM="dumb",
+    return clean_env(
+        dict(
+            TEMPORAL_ADDRESS=stack.client.service_client.config.target_host,
+            TEMPORAL_NAMESPACE=stack.client.namespace,
+            TEMPORAL_TASK_QUEUE=stack.settings.temporal_task_queue,
+            DATABASE_URL=stack.settings.database_url or "",
+            COLUMNS="200",
+            NO_COLOR="1",
+            TERM="dumb",
+        )
+        | overrides
     )
-    env.update(overrides)
-    return env
 
 
 async def bajas(
@@ -111,12 +108,8 @@ def code_mails(stack: Stack, domain: str) -> list[Any]:
 
 
 async def wait_code(stack: Stack, domain: str) -> str:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + TIMEOUT
-    while not code_mails(stack, domain):
-        assert loop.time() < deadline, f"no code mail for {domain}"
-        await asyncio.sleep(0.1)
-    return code_in(code_mails(stack, domain)[0])
+    mails = await assert_eventually(lambda: code_mails(stack, domain), f"a code mail for {domain}")
+    return code_in(mails[0])
 
 
 async def terminate(stack: Stack, service_id: int) -> None:

@@ -27,14 +27,14 @@ from tests.conftest_api import (  # noqa: F401 - fixtures
     server,
     wrong,
 )
-from tests.stack import ServiceFixture
+from tests.helpers.mail import CODE_RE
+from tests.helpers.panel import ServiceFixture
 
 pytestmark = [pytest.mark.integration]
 
 SCREENSHOTS = Path(os.environ.get("BAJAS_SCREENSHOTS") or tempfile.mkdtemp(prefix="bajas-shots-"))
 CHROMIUM = "/usr/bin/chromium"
 CLAVE = "una clave larga 123"
-CODE_RE = re.compile(r"es: (\d{6})")
 
 browser_needed = pytest.mark.skipif(
     shutil.which(CHROMIUM) is None, reason="needs Debian's chromium (apt-get install chromium)"
@@ -69,21 +69,21 @@ async def browser() -> AsyncIterator[object]:
         await b.close()
 
 
-async def new_page(browser, server: Server):  # type: ignore[no-untyped-def]  # noqa: F811
+async def new_page(browser, server: Server):  # noqa: F811
     context = await browser.new_context(
         base_url=server.url, viewport={"width": 1000, "height": 720}, locale="es-AR"
     )
     return context, await context.new_page()
 
 
-async def sign_in(page, number: str, clave: str = CLAVE) -> None:  # type: ignore[no-untyped-def]
+async def sign_in(page, number: str, clave: str = CLAVE) -> None:
     await page.goto("/panel/")
     await page.get_by_label("Número de cliente").fill(number)
     await page.get_by_label("Clave").fill(clave)
     await page.get_by_role("button", name="Ingresar").click()
 
 
-async def shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+async def shot(page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
@@ -92,7 +92,7 @@ async def shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
 async def test_cancel_a_service_in_the_browser(
     stack: Stack,
     server: Server,  # noqa: F811
-    browser,  # type: ignore[no-untyped-def]
+    browser,
 ) -> None:
     cid, number, email = await customer_with_clave(stack)
     svc: ServiceFixture = await stack.panel.service((cid, email), files=2500, mailboxes=2)
