@@ -43,8 +43,10 @@ from bajas.dev.mailsink import MailSink
 from bajas.models import State
 from bajas.temporal_client import connect, data_converter
 from starter.client import CancellationClient
-from tests.processes import clean_env
-from tests.stack import Panel, ServiceFixture, code_in, free_port, mails_about, wait_for
+from tests.helpers import assert_eventually, free_port
+from tests.helpers.mail import code_in, mails_about
+from tests.helpers.panel import Panel, ServiceFixture
+from tests.helpers.processes import clean_env
 from worker import build_worker
 from workflows.search_attributes import workflow_id_for
 
@@ -190,7 +192,7 @@ async def done(encrypted: Encrypted, mail: MailSink) -> Done:
     reason = f"nos mudamos a otro proveedor {uuid.uuid4().hex[:10]}"
     cancellations = encrypted.cancellations
     await cancellations.request(service.service_id, service.customer_id, reason=reason)
-    mails = await wait_for("the code mail", lambda: mails_about(mail, service.domain))
+    mails = await assert_eventually(lambda: mails_about(mail, service.domain), "the code mail")
     accepted = await cancellations.confirm(service.service_id, code_in(mails[0]))
     assert accepted.accepted
     result = await asyncio.wait_for(cancellations.result(service.service_id), TIMEOUT)

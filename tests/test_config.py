@@ -28,8 +28,8 @@ from bajas.config import (
     settings_from_env,
 )
 from bajas.db import database_address
-from tests.processes import REPO, clean_env
-from tests.stack import free_port
+from tests.helpers import REPO, free_port
+from tests.helpers.processes import clean_env
 
 TIMEOUT = 60.0
 API_TOKEN = "a-panel-token-of-some-length"
