@@ -63,7 +63,7 @@ class PanelDbActivities:
             check = ServiceCheck(
                 accepted=False, rejection_reason="service already cancelled", **self.timing
             )
-        elif refusal := await self._refusal(data, row, info.workflow_run_id):
+        elif refusal := await self._refusal(data, row, info.workflow_run_id or ""):
             check = ServiceCheck(accepted=False, rejection_reason=refusal, **self.timing)
         else:
             check = ServiceCheck(

@@ -13,7 +13,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
 
@@ -35,7 +35,7 @@ BAD_CONTACT_DATA = "bad_contact_data"
 # The audit event of `bajas unlock`.
 UNLOCKED = "unlocked"
 
-Db = asyncpg.Pool | asyncpg.Connection
+Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,10 @@ class Refusal:
     code: str
     message: str
     until: datetime | None
-    guesses: bool = False
+
+    @property
+    def guesses(self) -> bool:
+        return self.code == TOO_MANY_GUESSES
 
     @property
     def rejection_reason(self) -> str:
@@ -106,7 +109,7 @@ class Refusal:
 
 def is_limit_rejection(reason: str | None) -> bool:
     """A workflow rejected by `check_service` for one of these limits (answered 429)."""
-    return bool(reason) and reason.startswith((TOO_MANY_GUESSES, TOO_MANY_REQUESTS))  # type: ignore[union-attr]
+    return reason is not None and reason.startswith((TOO_MANY_GUESSES, TOO_MANY_REQUESTS))
 
 
 def _utc(instant: datetime) -> str:
@@ -208,7 +211,6 @@ async def request_refusal(
             f"{row['wrong_codes']} wrong codes in 24 h): an operator must run "
             f"`bajas unlock --service {service_id}`",
             until=None,
-            guesses=True,
         )
     if locks:
         until = row["last_lock"] + limits.cooldown(locks)
@@ -218,7 +220,6 @@ async def request_refusal(
                 f"too many wrong codes for service {service_id}: it can be requested again "
                 f"after {_utc(until)}",
                 until=until,
-                guesses=True,
             )
     return _rate_refusal(
         row,
@@ -254,12 +255,12 @@ def _rate_refusal(
     per_service: int,
     per_customer: int,
 ) -> Refusal | None:
-    for n, oldest, limit, whose in (
-        (row["service_n"], row["service_oldest"], per_service, f"service {service_id}"),
-        (row["customer_n"], row["customer_oldest"], per_customer, f"customer {customer_id}"),
-    ):
-        if whose.startswith("customer") and customer_id is None:
-            continue
+    counts = [(row["service_n"], row["service_oldest"], per_service, f"service {service_id}")]
+    if customer_id is not None:
+        counts.append(
+            (row["customer_n"], row["customer_oldest"], per_customer, f"customer {customer_id}")
+        )
+    for n, oldest, limit, whose in counts:
         if n >= limit:
             until = oldest + RATE_WINDOW
             return Refusal(

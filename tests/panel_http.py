@@ -92,4 +92,5 @@ def cookie_payload(http: httpx.AsyncClient, name: str = "bajas_panel") -> dict[s
     value = http.cookies.get(name)
     assert value, f"no {name} cookie"
     data = value.split(".")[0]
-    return json.loads(base64.b64decode(data + "=" * (-len(data) % 4)))  # type: ignore[no-any-return]
+    payload: dict[str, Any] = json.loads(base64.b64decode(data + "=" * (-len(data) % 4)))
+    return payload

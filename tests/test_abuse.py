@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -112,14 +112,17 @@ async def wrong_guesses(
             assert answer.attempts_left == MAX_WRONG_CODES - n
         else:
             await handle.signal("confirm", ConfirmInput(code=bad))
-            await wait_for(
-                f"wrong code #{n} counted",
-                lambda n=n: _attempts_left(stack, svc, MAX_WRONG_CODES - n),
-            )
+            await wait_for(f"wrong code #{n} counted", _attempts_left(stack, svc, n))
 
 
-async def _attempts_left(stack: Stack, svc: ServiceFixture, left: int) -> bool:
-    return (await stack.cancellations.status(svc.service_id)).attempts_left == left
+def _attempts_left(
+    stack: Stack, svc: ServiceFixture, counted: int
+) -> Callable[[], Awaitable[bool]]:
+    async def probe() -> bool:
+        status = await stack.cancellations.status(svc.service_id)
+        return status.attempts_left == MAX_WRONG_CODES - counted
+
+    return probe
 
 
 async def lock_once(

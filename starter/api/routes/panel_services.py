@@ -168,10 +168,8 @@ async def request_cancellation(
             "Vuelva a esta página en unos minutos.",
         )
     elif state is State.REJECTED and is_limit_rejection(reason):
-        # Refused by the worker's own check: the limits moved since ours above.
-        refusal = await request_refusal(pool, rt.limits, service.id, customer.id)
-        text = _refusal_text(refusal, rt.settings) if refusal else "Inténtelo más tarde."
-        flash(request, text, "error")
+        # The worker's own check, a moment after ours (another request in between).
+        flash(request, "Por seguridad, la baja no puede solicitarse ahora. Inténtelo más tarde.")
     elif state is State.REJECTED and reason and reason.startswith(BAD_CONTACT_DATA):
         flash(request, BAD_CONTACT_TEXT, "error")
     elif state is State.REJECTED:
@@ -241,10 +239,8 @@ async def resend_code(
         return _to_service(request, service)
     try:
         result = await cancellations.resend(service.id)
-    except CancellationError as err:
-        refusal = await resend_refusal(pool, rt.limits, service.id, customer.id)
-        text = refusal and is_limit_rejection(str(err)) and _refusal_text(refusal, rt.settings)
-        flash(request, text or "No se puede enviar un código nuevo ahora.", "error")
+    except CancellationError:
+        flash(request, "No se puede enviar un código nuevo ahora.", "error")
         return _to_service(request, service)
     flash(
         request,
