@@ -202,13 +202,7 @@ async def run_dev(options: DevOptions) -> None:
             worker_task = asyncio.create_task(worker.run())
             app = create_app(settings, client=client, pool=pool, mail_sink=sink)
             server = uvicorn.Server(
-                uvicorn.Config(
-                    app,
-                    host=options.host,
-                    port=options.api_port,
-                    log_level="warning",
-                    proxy_headers=False,  # the app trusts TRUSTED_PROXIES only
-                )
+                uvicorn.Config(app, host=options.host, port=options.api_port, log_level="warning")
             )
             server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
             serving = asyncio.create_task(server.serve())
