@@ -29,6 +29,7 @@ from activities.panel_db import PanelDbActivities
 from activities.safety import PanelPaths
 from bajas.config import ConfigError, Settings, settings_from_env
 from bajas.db import create_pool
+from bajas.limits import Limits
 from bajas.observability import ActivityLogging, setup_logging
 from bajas.temporal_client import connect, data_converter
 from workflows.cancellation import ServiceCancellation
@@ -40,6 +41,7 @@ GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 
 def activities_for(settings: Settings, pool: asyncpg.Pool) -> Sequence[Any]:
     """Every activity, each object built with what it touches in the world."""
+    limits = Limits.from_settings(settings)
     mailer = Mailer(
         SmtpSettings(
             host=settings.smtp_host,
@@ -53,8 +55,9 @@ def activities_for(settings: Settings, pool: asyncpg.Pool) -> Sequence[Any]:
         business_tz=settings.business_tz,
         confirmation_window=settings.confirmation_window,
         sla_limit=settings.sla_limit,
+        limits=limits,
     )
-    codes = CodeActivities(pool, settings.hmac_key(), mailer, settings.business_tz)
+    codes = CodeActivities(pool, settings.hmac_key(), mailer, settings.business_tz, limits)
     return [
         panel.check_service,
         panel.record_transition,

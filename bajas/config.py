@@ -8,10 +8,10 @@ import secrets
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 STATE_DIR = Path(".bajas")
 # Secrets `bajas dev` makes and keeps under STATE_DIR.
@@ -73,6 +73,39 @@ class Settings(BaseSettings):
     # Workflows kept in worker memory; more than this waiting are replayed when touched.
     max_cached_workflows: int = Field(default=2000, ge=0)
     dev_mode: bool = Field(default=False, alias="BAJAS_DEV")
+    # ---- abuse limits and the network in front of the API (docs/SECURITY.md) ----
+    guess_cooldown: timedelta = timedelta(minutes=15)
+    guess_max_locks: int = Field(default=3, ge=1)
+    guess_max_wrong_codes: int = Field(default=15, ge=1)
+    requests_per_service_hour: int = Field(default=5, ge=1)
+    requests_per_customer_hour: int = Field(default=20, ge=1)
+    resends_per_service_hour: int = Field(default=5, ge=1)
+    resends_per_customer_hour: int = Field(default=20, ge=1)
+    sign_in_delay_after: int = Field(default=5, ge=1)
+    sign_in_lock_after: int = Field(default=10, ge=1)
+    sign_in_lock: timedelta = timedelta(minutes=5)
+    sign_in_address_factor: int = Field(default=1, ge=1)
+    sign_in_concurrency: int = Field(default=2, ge=1)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    public_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    https_only: bool = False
+    # None: the docs are served under `bajas dev` only.
+    api_docs: bool | None = None
+
+    _abuse_durations = field_validator("guess_cooldown", "sign_in_lock", mode="before")(
+        classmethod(lambda cls, v: parse_duration(v))
+    )
+
+    @field_validator("trusted_proxies", "public_hosts", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        """`a, b` in the environment; a list when built in code."""
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    def docs_public(self) -> bool:
+        return self.dev_mode if self.api_docs is None else self.api_docs
 
     _window = field_validator("confirmation_window", "sla_limit", mode="before")(
         classmethod(lambda cls, v: parse_duration(v))

@@ -146,7 +146,9 @@ async def _serve_api(settings: Settings, host: str, port: int) -> None:
 async def _serve(asgi: Any, host: str, port: int) -> None:
     import uvicorn
 
-    await uvicorn.Server(uvicorn.Config(asgi, host=host, port=port)).serve()
+    # X-Forwarded-* are the app's to trust (TRUSTED_PROXIES), not uvicorn's.
+    config = uvicorn.Config(asgi, host=host, port=port, proxy_headers=False)
+    await uvicorn.Server(config).serve()
 
 
 # ---- operator commands ------------------------------------------------------------------
@@ -164,6 +166,7 @@ def request(
     settings = _settings()
 
     async def go() -> None:
+        await _refuse_over_limits(settings, service, customer)
         client = await _cancellations(settings)
         answer = await client.request(service, customer, requested_by="operator", reason=reason)
         if answer.status.state.value == "rejected":
@@ -172,6 +175,74 @@ def request(
                 f"{answer.status.rejection_reason}"
             )
         _print_status(answer.status, title=f"{answer.workflow_id} (run {answer.run_id})")
+
+    _client_command(go)
+
+
+async def _refuse_over_limits(settings: Settings, service: int, customer: int) -> None:
+    """The limits of docs/SECURITY.md, asked before anything starts (the worker asks
+    again); without DATABASE_URL only the worker's check applies."""
+    if not settings.database_url:
+        return
+    import asyncpg
+
+    from bajas.limits import Limits, request_refusal
+
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        refusal = await request_refusal(
+            conn, Limits.from_settings(settings), service, customer, attach_allowed=True
+        )
+    finally:
+        await conn.close()
+    if refusal is not None:
+        raise Failure(refusal.message)
+
+
+@app.command()
+def unlock(
+    service: ServiceOpt,
+    by: Annotated[
+        str | None, typer.Option(help="who unlocks, for the audit trail (default: your login)")
+    ] = None,
+    reason: Annotated[str | None, typer.Option(help="why, for the audit trail")] = None,
+) -> None:
+    """Let a service be requested again after too many wrong codes (audited)."""
+    from bajas.limits import Limits, request_refusal
+    from bajas.limits import unlock as record_unlock
+    from workflows.search_attributes import workflow_id_for
+
+    settings = _settings()
+    who = by or os.environ.get("SUDO_USER") or getpass.getuser()
+
+    async def go() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(settings.require_database_url())
+        try:
+            async with conn.transaction():
+                customer = await conn.fetchval(
+                    "select customer_id from services where id = $1 for update", service
+                )
+                if customer is None:
+                    raise Failure(f"no service with id {service}")
+                was = await request_refusal(conn, Limits.from_settings(settings), service, None)
+                if was is not None:
+                    await record_unlock(
+                        conn,
+                        service_id=service,
+                        customer_id=customer,
+                        workflow_id=workflow_id_for(service),
+                        by=f"operator:{who}",
+                        was=was,
+                        reason=reason,
+                    )
+        finally:
+            await conn.close()
+        if was is None:
+            out.print(f"service {service} is not locked: nothing to do")
+        else:
+            out.print(f"service {service} unlocked by {who} (it was {was.rejection_reason})")
 
     _client_command(go)
 
@@ -235,7 +306,8 @@ def status(
 def set_password(
     customer: Annotated[int, typer.Option("--customer", help="customer id", min=1)],
 ) -> None:
-    """Read a panel clave from standard input and store its argon2 hash."""
+    """Read a panel clave from standard input and store its argon2 hash; every panel
+    session of the customer ends."""
     from argon2 import PasswordHasher
 
     settings = _settings()
@@ -249,19 +321,25 @@ def set_password(
 
     async def go() -> None:
         from bajas.db import connect
+        from starter.api.sessions import CLAVE_CHANGED, end_all
 
         conn = await connect(settings.require_database_url())
         try:
-            updated = await conn.fetchval(
-                "update customers set password_hash = $2 where id = $1 returning number",
-                customer,
-                hashed,
-            )
+            async with conn.transaction():
+                updated = await conn.fetchval(
+                    "update customers set password_hash = $2 where id = $1 returning number",
+                    customer,
+                    hashed,
+                )
+                ended = await end_all(conn, customer, CLAVE_CHANGED)
         finally:
             await conn.close()
         if updated is None:
             raise Failure(f"no customer with id {customer}")
-        out.print(f"clave set for customer {customer} (número de cliente {updated})")
+        out.print(
+            f"clave set for customer {customer} (número de cliente {updated});"
+            f" panel sessions ended: {ended}"
+        )
 
     _client_command(go)
 

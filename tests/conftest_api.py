@@ -25,11 +25,20 @@ from tests.helpers import assert_eventually, free_port
 from tests.helpers.mail import mails_about
 
 TOKEN = "test-token-" + uuid.uuid4().hex
+SESSION_SECRET = "test-session-" + uuid.uuid4().hex
 
 
 @pytest.fixture(scope="session")
 def api_settings(stack: Stack) -> Settings:
-    return stack.settings.model_copy(update={"panel_api_token": SecretStr(TOKEN)})
+    return stack.settings.model_copy(
+        update={
+            "panel_api_token": SecretStr(TOKEN),
+            "panel_session_secret": SecretStr(SESSION_SECRET),
+            "api_docs": True,
+            # every test signs in from 127.0.0.1: count failures per number only, in effect
+            "sign_in_address_factor": 1000,
+        }
+    )
 
 
 @pytest.fixture(scope="session")

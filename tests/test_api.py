@@ -448,18 +448,23 @@ def test_the_token_is_required(api_settings: Settings) -> None:  # noqa: F811
         create_app(api_settings.model_copy(update={"panel_api_token": SecretStr("short")}))
 
 
-def test_session_key_is_derived_from_the_token_unless_given(
-    api_settings: Settings,  # noqa: F811
-) -> None:
-    again = api_settings.model_copy()
-    assert session_secret(api_settings) == session_secret(again)
-    assert TOKEN not in session_secret(api_settings)
-    other = api_settings.model_copy(update={"panel_api_token": SecretStr("another-token-0123456")})
-    assert session_secret(other) != session_secret(api_settings)
+def test_session_key_is_required_outside_dev(api_settings: Settings) -> None:  # noqa: F811
+    """Only `bajas dev` derives the cookie key from its API token; elsewhere whoever holds
+    the token must not be able to sign a cookie."""
     given = api_settings.model_copy(
         update={"panel_session_secret": SecretStr("a-session-secret-of-my-own")}
     )
     assert session_secret(given) == "a-session-secret-of-my-own"
+    bare = api_settings.model_copy(update={"panel_session_secret": None})
+    with pytest.raises(ConfigError, match="PANEL_SESSION_SECRET is required"):
+        create_app(bare)
+    with pytest.raises(ConfigError, match="PANEL_SESSION_SECRET is too predictable"):
+        create_app(api_settings.model_copy(update={"panel_session_secret": SecretStr("x" * 40)}))
+    dev = bare.model_copy(update={"dev_mode": True})
+    assert session_secret(dev) == session_secret(dev.model_copy())
+    assert TOKEN not in session_secret(dev)
+    other = dev.model_copy(update={"panel_api_token": SecretStr("another-token-0123456")})
+    assert session_secret(other) != session_secret(dev)
 
 
 async def test_the_app_connects_by_itself(

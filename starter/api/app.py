@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,6 +20,7 @@ from bajas.config import Settings
 from bajas.db import create_pool
 from bajas.dev.mailsink import MailSink
 from bajas.temporal_client import connect
+from starter.api import edge
 from starter.api.deps import AppState
 from starter.api.errors import (
     ApiError,
@@ -61,13 +63,15 @@ def create_app(
 ) -> FastAPI:
     """Build the app; what is not handed in (client, pool) the lifespan connects itself.
 
-    Raises ConfigError when PANEL_API_TOKEN is missing (or too short to be a secret).
+    Raises ConfigError when PANEL_API_TOKEN is missing or weak, or PANEL_SESSION_SECRET is
+    (outside `bajas dev`).
     `mail_sink` is given only by `bajas dev`: it mounts the mail viewer at /dev/mail.
     """
     rt = AppState(
         settings=settings,
         token=api_token(settings),
         templates=make_templates(),
+        clave_slots=asyncio.Semaphore(settings.sign_in_concurrency),
         client=client,
         pool=pool,
         mail_sink=mail_sink,
@@ -97,8 +101,8 @@ def create_app(
         summary="Cancellation (baja) of hosting services, carried out by Temporal",
         version="0.1.0",
         lifespan=lifespan,
-        openapi_url="/openapi.json",
-        docs_url="/api/docs",
+        openapi_url="/openapi.json" if settings.docs_public() else None,
+        docs_url="/api/docs" if settings.docs_public() else None,
         redoc_url=None,
     )
     app.state.bajas = rt
@@ -118,6 +122,8 @@ def create_app(
                 response.headers.setdefault(name, value)
             response.headers.setdefault("Cache-Control", "no-store")
         return response
+
+    edge.install(app, settings)
 
     for router in (root.router, api_services.router, api_cancellation.router):
         app.include_router(router)
@@ -146,7 +152,9 @@ def _error_page(request: Request, status_code: int, title: str, message: str) ->
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:
-        return JSONResponse(exc.body.model_dump(mode="json", exclude_none=True), exc.status_code)
+        return JSONResponse(
+            exc.body.model_dump(mode="json", exclude_none=True), exc.status_code, exc.headers
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -3,6 +3,9 @@ or a redirect for the panel."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+from bajas.limits import Refusal
 from bajas.models import CancellationStatus, State
 from starter.api.schemas import ErrorBody
 
@@ -15,10 +18,21 @@ class ApiError(Exception):
         *,
         state: State | None = None,
         attempts_left: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status_code = status_code
         self.body = ErrorBody(detail=detail, state=state, attempts_left=attempts_left)
+        self.headers = headers
+
+    @classmethod
+    def too_many(cls, refusal: Refusal | str) -> ApiError:
+        """429 for a limit of docs/SECURITY.md; `Retry-After` unless an operator must act."""
+        if isinstance(refusal, str):  # a worker's rejection reason: "code: message"
+            return cls(429, refusal.partition(": ")[2] or refusal)
+        after = refusal.retry_after(datetime.now(UTC))
+        headers = {"Retry-After": str(after)} if after is not None else None
+        return cls(429, refusal.message, headers=headers)
 
     @classmethod
     def conflict(cls, detail: str, status: CancellationStatus | None = None) -> ApiError:

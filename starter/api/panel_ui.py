@@ -12,6 +12,7 @@ from fastapi.templating import Jinja2Templates
 
 from bajas.models import CancellationStatus, State, StepProgress, StepStatus
 from starter.api import store
+from starter.api.edge import from_loopback, template_path_for
 from starter.api.security import new_csrf_token
 from workflows.rules import OUTCOME_TEXT_ES, zone
 
@@ -144,7 +145,8 @@ def _count(name: str, step: StepProgress) -> str:
 
 
 def flash(request: Request, text: str, kind: str = "info") -> None:
-    """A message for the next page (kept in the signed session cookie)."""
+    """A message for the next page, kept in the signed cookie: readable by whoever holds
+    it, so never personal data (no e-mail address)."""
     request.session.setdefault("flash", []).append({"text": text, "kind": kind})
 
 
@@ -160,7 +162,7 @@ def _context(request: Request) -> dict[str, Any]:
     return {
         "csrf_token": csrf_token(request),
         "flashes": request.session.pop("flash", []),
-        "dev_mail": rt.mail_sink is not None,
+        "dev_mail": rt.mail_sink is not None and from_loopback(request),
         "business_tz": rt.settings.business_tz,
     }
 
@@ -179,6 +181,7 @@ def make_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=TEMPLATES_DIR, context_processors=[_context])
     templates.env.filters["local_time"] = local_time
     templates.env.filters["date_es"] = date_es
+    templates.env.globals["url_for"] = template_path_for
     return templates
 
 
