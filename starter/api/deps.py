@@ -37,7 +37,8 @@ class AppState:
 
 
 def app_state(request: Request) -> AppState:
-    return request.app.state.bajas  # type: ignore[no-any-return]
+    state: AppState = request.app.state.bajas
+    return state
 
 
 AppStateDep = Annotated[AppState, Depends(app_state)]
@@ -109,9 +110,14 @@ ServiceDep = Annotated[store.Service, Depends(_api_service)]
 # ---- the customer panel ------------------------------------------------------------------
 
 
-async def _signed_in(request: Request, pool: PoolDep) -> store.Customer:
+async def session_customer(request: Request, pool: asyncpg.Pool) -> store.Customer | None:
+    """The customer this session signed in as, if the row is still there."""
     customer_id = request.session.get("customer_id")
-    customer = await store.customer(pool, customer_id) if isinstance(customer_id, int) else None
+    return await store.customer(pool, customer_id) if isinstance(customer_id, int) else None
+
+
+async def _signed_in(request: Request, pool: PoolDep) -> store.Customer:
+    customer = await session_customer(request, pool)
     if customer is None:
         request.session.pop("customer_id", None)
         raise PanelRedirect(str(request.url_for("sign_in_form")))
