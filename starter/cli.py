@@ -11,15 +11,18 @@ import asyncio
 import getpass
 import os
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from bajas.config import ConfigError, Settings
-from bajas.models import CancellationStatus
+from bajas.models import MAX_ID, CancellationStatus
+
+if TYPE_CHECKING:
+    from starter.client import CancellationClient
 
 T = TypeVar("T")
 app = typer.Typer(
@@ -31,7 +34,25 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 out = Console()
-ServiceOpt = Annotated[int, typer.Option("--service", help="service id (services.id)", min=1)]
+
+
+def _plain_id(text: str) -> int:
+    """An id as the panel database has it. `int()` alone would take "102.0", " 102" or
+    "1_02" for 102: an operator who typed that meant something else, so it is refused."""
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= MAX_ID:
+        raise typer.BadParameter(f"{text!r} is not an id: ids are plain integers, 1 to {MAX_ID}")
+    return int(text)
+
+
+def _id_option(flag: str, what: str) -> Any:
+    return typer.Option(
+        flag, help=what, parser=_plain_id, metavar=flag.removeprefix("--")[0].upper() + "ID"
+    )
+
+
+CUSTOMER_ID = "customer id (customers.id)"
+ServiceOpt = Annotated[int, _id_option("--service", "service id (services.id)")]
+CustomerOpt = Annotated[int, _id_option("--customer", CUSTOMER_ID)]
 
 
 class Failure(Exception):
@@ -46,11 +67,11 @@ def _settings() -> Settings:
         raise Failure(f"bad configuration: {' '.join(first[:3])}") from err
 
 
-def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(coro_fn())  # type: ignore[arg-type]
+def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return asyncio.run(coro_fn())
 
 
-async def _cancellations(settings: Settings):  # type: ignore[no-untyped-def]
+async def _cancellations(settings: Settings) -> CancellationClient:
     from bajas.temporal_client import connect
     from starter.client import CancellationClient
 
@@ -127,28 +148,70 @@ def api(
 # ---- operator commands ------------------------------------------------------------------
 
 
+NOT_THE_CUSTOMERS = "not the customer's service"
+
+
 @app.command()
 def request(
-    customer: Annotated[int, typer.Option("--customer", help="customer id", min=1)],
     service: ServiceOpt,
+    customer: Annotated[int | None, _id_option("--customer", CUSTOMER_ID)] = None,
+    customer_number: Annotated[
+        str | None,
+        typer.Option(
+            "--customer-number",
+            help='the "Número de cliente" the panel shows (customers.number)',
+            metavar="NUMBER",
+        ),
+    ] = None,
     reason: Annotated[str | None, typer.Option(help="free text kept in the audit trail")] = None,
 ) -> None:
     """Start a cancellation (or show the one already running); the code goes by mail."""
-    from starter.client import CancellationNotFound
-
+    if (customer is None) == (customer_number is None):
+        raise typer.BadParameter(
+            "give exactly one of --customer CID (the customer's id) and "
+            "--customer-number NUMBER (the número de cliente the panel shows)",
+            param_hint="--customer/--customer-number",
+        )
     settings = _settings()
 
     async def go() -> None:
+        if customer is not None:
+            customer_id, whose = customer, f"customer {customer}"
+        else:
+            number = (customer_number or "").strip()
+            customer_id = await _customer_by_number(settings, number)
+            whose = f"customer number {number} (id {customer_id})"
         client = await _cancellations(settings)
-        answer = await client.request(service, customer, requested_by="operator", reason=reason)
+        answer = await client.request(service, customer_id, requested_by="operator", reason=reason)
         if answer.status.state.value == "rejected":
-            raise CancellationNotFound(
-                f"service {service} cannot be cancelled for customer {customer}: "
-                f"{answer.status.rejection_reason}"
-            )
+            why = answer.status.rejection_reason or "rejected"
+            if why == NOT_THE_CUSTOMERS and customer is not None:
+                why += (
+                    " (--customer takes the customer's id; the number the panel shows"
+                    " goes in --customer-number)"
+                )
+            raise Failure(f"service {service} cannot be cancelled for {whose}: {why}")
         _print_status(answer.status, title=f"{answer.workflow_id} (run {answer.run_id})")
 
     _client_command(go)
+
+
+async def _db_value(settings: Settings, query: str, *args: object) -> Any:
+    """One value from the panel database, on a connection of its own (one-shot commands)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(settings.require_database_url())
+    try:
+        return await conn.fetchval(query, *args)
+    finally:
+        await conn.close()
+
+
+async def _customer_by_number(settings: Settings, number: str) -> int:
+    found = await _db_value(settings, "select id from customers where number = $1", number)
+    if found is None:
+        raise Failure(f"no customer with número de cliente {number!r}")
+    return int(found)
 
 
 @app.command()
@@ -207,9 +270,7 @@ def status(
 
 
 @app.command("set-password")
-def set_password(
-    customer: Annotated[int, typer.Option("--customer", help="customer id", min=1)],
-) -> None:
+def set_password(customer: CustomerOpt) -> None:
     """Read a panel clave from standard input and store its argon2 hash."""
     from argon2 import PasswordHasher
 
@@ -223,17 +284,12 @@ def set_password(
     hashed = PasswordHasher().hash(clave)
 
     async def go() -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(settings.require_database_url())
-        try:
-            updated = await conn.fetchval(
-                "update customers set password_hash = $2 where id = $1 returning number",
-                customer,
-                hashed,
-            )
-        finally:
-            await conn.close()
+        updated = await _db_value(
+            settings,
+            "update customers set password_hash = $2 where id = $1 returning number",
+            customer,
+            hashed,
+        )
         if updated is None:
             raise Failure(f"no customer with id {customer}")
         out.print(f"clave set for customer {customer} (número de cliente {updated})")
@@ -241,7 +297,7 @@ def set_password(
     _client_command(go)
 
 
-def _client_command(go: Callable[[], Awaitable[None]]) -> None:
+def _client_command(go: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run a one-shot command and leave at once: a lingering client can abort at exit."""
     code = 0
     try:
