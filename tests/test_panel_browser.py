@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -30,6 +31,9 @@ from tests.conftest_api import (  # noqa: F401 - fixtures
     wrong,
 )
 from tests.stack import ServiceFixture, code_in
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, BrowserContext, Page
 
 pytestmark = [pytest.mark.integration]
 
@@ -51,7 +55,7 @@ async def customer_with_clave(stack: Stack) -> tuple[int, str, str]:
 
 
 @pytest_asyncio.fixture(scope="session")
-async def browser() -> AsyncIterator[object]:
+async def browser() -> AsyncIterator[Browser]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
@@ -71,21 +75,21 @@ async def browser() -> AsyncIterator[object]:
         await b.close()
 
 
-async def new_page(browser, server: Server):  # type: ignore[no-untyped-def]  # noqa: F811
+async def new_page(browser: Browser, server: Server) -> tuple[BrowserContext, Page]:  # noqa: F811
     context = await browser.new_context(
         base_url=server.url, viewport={"width": 1000, "height": 720}, locale="es-AR"
     )
     return context, await context.new_page()
 
 
-async def sign_in(page, number: str, clave: str = CLAVE) -> None:  # type: ignore[no-untyped-def]
+async def sign_in(page: Page, number: str, clave: str = CLAVE) -> None:
     await page.goto("/panel/")
     await page.get_by_label("Número de cliente").fill(number)
     await page.get_by_label("Clave").fill(clave)
     await page.get_by_role("button", name="Ingresar").click()
 
 
-async def shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+async def shot(page: Page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
@@ -94,7 +98,7 @@ async def shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
 async def test_cancel_a_service_in_the_browser(
     stack: Stack,
     server: Server,  # noqa: F811
-    browser,  # type: ignore[no-untyped-def]
+    browser: Browser,
 ) -> None:
     cid, number, email = await customer_with_clave(stack)
     svc: ServiceFixture = await stack.panel.service((cid, email), files=2500, mailboxes=2)
