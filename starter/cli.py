@@ -11,15 +11,18 @@ import asyncio
 import getpass
 import os
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from bajas.config import ConfigError, Settings, Unreachable, settings_from_env
-from bajas.models import CancellationStatus
+from bajas.models import MAX_ID, CancellationStatus
+
+if TYPE_CHECKING:
+    from starter.client import CancellationClient
 
 T = TypeVar("T")
 app = typer.Typer(
@@ -31,7 +34,25 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 out = Console()
-ServiceOpt = Annotated[int, typer.Option("--service", help="service id (services.id)", min=1)]
+
+
+def _plain_id(text: str) -> int:
+    """An id as the panel database has it. `int()` alone would take "102.0", " 102" or
+    "1_02" for 102: an operator who typed that meant something else, so it is refused."""
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= MAX_ID:
+        raise typer.BadParameter(f"{text!r} is not an id: ids are plain integers, 1 to {MAX_ID}")
+    return int(text)
+
+
+def _id_option(flag: str, what: str) -> Any:
+    return typer.Option(
+        flag, help=what, parser=_plain_id, metavar=flag.removeprefix("--")[0].upper() + "ID"
+    )
+
+
+CUSTOMER_ID = "customer id (customers.id)"
+ServiceOpt = Annotated[int, _id_option("--service", "service id (services.id)")]
+CustomerOpt = Annotated[int, _id_option("--customer", CUSTOMER_ID)]
 
 
 class Failure(Exception):
@@ -42,11 +63,11 @@ def _settings() -> Settings:
     return settings_from_env()
 
 
-def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(coro_fn())  # type: ignore[arg-type]
+def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return asyncio.run(coro_fn())
 
 
-async def _cancellations(settings: Settings):  # type: ignore[no-untyped-def]
+async def _cancellations(settings: Settings) -> CancellationClient:
     from bajas.temporal_client import connect
     from starter.client import CancellationClient
 
@@ -154,26 +175,50 @@ async def _serve(asgi: Any, host: str, port: int) -> None:
 # ---- operator commands ------------------------------------------------------------------
 
 
+NOT_THE_CUSTOMERS = "not the customer's service"
+
+
 @app.command()
 def request(
-    customer: Annotated[int, typer.Option("--customer", help="customer id", min=1)],
     service: ServiceOpt,
+    customer: Annotated[int | None, _id_option("--customer", CUSTOMER_ID)] = None,
+    customer_number: Annotated[
+        str | None,
+        typer.Option(
+            "--customer-number",
+            help='the "Número de cliente" the panel shows (customers.number)',
+            metavar="NUMBER",
+        ),
+    ] = None,
     reason: Annotated[str | None, typer.Option(help="free text kept in the audit trail")] = None,
 ) -> None:
     """Start a cancellation (or show the one already running); the code goes by mail."""
-    from starter.client import CancellationNotFound
-
+    if (customer is None) == (customer_number is None):
+        raise typer.BadParameter(
+            "give exactly one of --customer CID (the customer's id) and "
+            "--customer-number NUMBER (the número de cliente the panel shows)",
+            param_hint="--customer/--customer-number",
+        )
     settings = _settings()
 
     async def go() -> None:
-        await _refuse_over_limits(settings, service, customer)
+        if customer is not None:
+            customer_id, whose = customer, f"customer {customer}"
+        else:
+            number = (customer_number or "").strip()
+            customer_id = await _customer_by_number(settings, number)
+            whose = f"customer number {number} (id {customer_id})"
+        await _refuse_over_limits(settings, service, customer_id)
         client = await _cancellations(settings)
-        answer = await client.request(service, customer, requested_by="operator", reason=reason)
+        answer = await client.request(service, customer_id, requested_by="operator", reason=reason)
         if answer.status.state.value == "rejected":
-            raise CancellationNotFound(
-                f"service {service} cannot be cancelled for customer {customer}: "
-                f"{answer.status.rejection_reason}"
-            )
+            why = answer.status.rejection_reason or "rejected"
+            if why == NOT_THE_CUSTOMERS and customer is not None:
+                why += (
+                    " (--customer takes the customer's id; the number the panel shows"
+                    " goes in --customer-number)"
+                )
+            raise Failure(f"service {service} cannot be cancelled for {whose}: {why}")
         _print_status(answer.status, title=f"{answer.workflow_id} (run {answer.run_id})")
 
     _client_command(go)
@@ -184,11 +229,10 @@ async def _refuse_over_limits(settings: Settings, service: int, customer: int) -
     again); without DATABASE_URL only the worker's check applies."""
     if not settings.database_url:
         return
-    import asyncpg
-
+    from bajas.db import connect
     from bajas.limits import Limits, request_refusal
 
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await connect(settings.database_url)
     try:
         refusal = await request_refusal(
             conn, Limits.from_settings(settings), service, customer, attach_allowed=True
@@ -216,9 +260,9 @@ def unlock(
     who = by or os.environ.get("SUDO_USER") or getpass.getuser()
 
     async def go() -> None:
-        import asyncpg
+        from bajas.db import connect
 
-        conn = await asyncpg.connect(settings.require_database_url())
+        conn = await connect(settings.require_database_url())
         try:
             async with conn.transaction():
                 customer = await conn.fetchval(
@@ -245,6 +289,24 @@ def unlock(
             out.print(f"service {service} unlocked by {who} (it was {was.rejection_reason})")
 
     _client_command(go)
+
+
+async def _db_value(settings: Settings, query: str, *args: object) -> Any:
+    """One value from the panel database, on a connection of its own (one-shot commands)."""
+    from bajas.db import connect
+
+    conn = await connect(settings.require_database_url())
+    try:
+        return await conn.fetchval(query, *args)
+    finally:
+        await conn.close()
+
+
+async def _customer_by_number(settings: Settings, number: str) -> int:
+    found = await _db_value(settings, "select id from customers where number = $1", number)
+    if found is None:
+        raise Failure(f"no customer with número de cliente {number!r}")
+    return int(found)
 
 
 @app.command()
@@ -303,9 +365,7 @@ def status(
 
 
 @app.command("set-password")
-def set_password(
-    customer: Annotated[int, typer.Option("--customer", help="customer id", min=1)],
-) -> None:
+def set_password(customer: CustomerOpt) -> None:
     """Read a panel clave from standard input and store its argon2 hash; every panel
     session of the customer ends."""
     from argon2 import PasswordHasher
@@ -344,7 +404,7 @@ def set_password(
     _client_command(go)
 
 
-def _client_command(go: Callable[[], Awaitable[None]]) -> None:
+def _client_command(go: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run a one-shot command and leave at once: a lingering client can abort at exit."""
     code = 0
     try:

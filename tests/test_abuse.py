@@ -40,8 +40,10 @@ from tests.conftest_api import (  # noqa: F401 - fixtures
     wait_for_mails,
     wrong,
 )
+from tests.helpers import assert_eventually, free_port
+from tests.helpers.mail import code_in, mails_about
+from tests.helpers.panel import ServiceFixture
 from tests.panel_http import client, give_clave, post_form, sign_in
-from tests.stack import ServiceFixture, code_in, free_port, mails_about, wait_for
 from tests.test_cli import assert_one_error_line, bajas
 from worker import build_worker
 
@@ -64,8 +66,8 @@ def lock_mails(stack: Stack, svc: ServiceFixture) -> list[SunkMessage]:
 
 async def next_code(stack: Stack, svc: ServiceFixture, before: int) -> str:
     """The code of the mail after the `before` code mails already there."""
-    mails = await wait_for(
-        f"code mail #{before + 1} of {svc.domain}", lambda: code_mails(stack, svc)[before:]
+    mails = await assert_eventually(
+        lambda: code_mails(stack, svc)[before:], f"code mail #{before + 1} of {svc.domain}"
     )
     return code_in(mails[0])
 
@@ -112,7 +114,7 @@ async def wrong_guesses(
             assert answer.attempts_left == MAX_WRONG_CODES - n
         else:
             await handle.signal("confirm", ConfirmInput(code=bad))
-            await wait_for(f"wrong code #{n} counted", _attempts_left(stack, svc, n))
+            await assert_eventually(_attempts_left(stack, svc, n), f"wrong code #{n} counted")
 
 
 def _attempts_left(
@@ -135,7 +137,7 @@ async def lock_once(
     await wrong_guesses(stack, api, svc, via, MAX_WRONG_CODES)
     result = await asyncio.wait_for(stack.cancellations.result(svc.service_id), 30)
     assert result.state is State.LOCKED
-    await wait_for("the lock notice", lambda: len(lock_mails(stack, svc)) > locks)
+    await assert_eventually(lambda: len(lock_mails(stack, svc)) > locks, "the lock notice")
 
 
 async def withdraw(api: httpx.AsyncClient, svc: ServiceFixture) -> None:  # noqa: F811

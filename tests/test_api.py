@@ -11,6 +11,7 @@ from pydantic import SecretStr
 from temporalio.service import RPCError, RPCStatusCode
 
 from bajas.config import ConfigError, Settings
+from bajas.models import CancellationStatus
 from starter.api.app import create_app
 from starter.api.security import session_secret
 from tests.conftest import Stack
@@ -78,6 +79,43 @@ async def test_openapi_lists_every_route(api: httpx.AsyncClient) -> None:  # noq
     assert "post" in paths["/api/customers/{cid}/services/{sid}/cancellation/resend"]
     assert "get" in paths["/api/customers/{cid}/services"]
     assert "HTTPBearer" in r.json()["components"]["securitySchemes"]
+
+
+async def test_api_root_maps_the_api(api: httpx.AsyncClient) -> None:  # noqa: F811
+    """`bajas dev` prints /api: it answers, without the token, with where everything is."""
+    r = await api.get("/api", headers={"Authorization": ""})
+    assert r.status_code == 200, r.text
+    index = r.json()
+    assert (await api.get(index["docs"])).status_code == 200
+    assert (await api.get(index["openapi"])).status_code == 200
+    listed = {(route["method"], route["path"]) for route in index["routes"]}
+    assert {(m, p.format(cid="{cid}", sid="{sid}")) for m, p, _ in ROUTES} <= listed
+    does = {(route["method"], route["path"]): route["does"] for route in index["routes"]}
+    assert does[("POST", "/api/customers/{cid}/services/{sid}/cancellation/resend")] == (
+        "Mail a new code; the previous one stops working."
+    )
+    assert "Bearer" in index["authentication"]
+
+
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        ("/api/customers/1/services/2/cancellation", {"DELETE", "GET", "HEAD", "POST"}),
+        ("/api/customers/1/services/2/cancellation/confirm", {"POST"}),
+        ("/api/customers/1/services", {"GET", "HEAD"}),
+    ],
+)
+@pytest.mark.parametrize("method", ["OPTIONS", "PUT", "PATCH"])
+async def test_405_allows_every_method_of_the_path(
+    api: httpx.AsyncClient,  # noqa: F811
+    path: str,
+    allowed: set[str],
+    method: str,
+) -> None:
+    r = await api.request(method, path)
+    assert r.status_code == 405, r.text
+    assert {m.strip() for m in r.headers["Allow"].split(",")} == allowed
+    assert r.json() == {"detail": "Method Not Allowed"}
 
 
 ROUTES = [
@@ -190,6 +228,8 @@ async def test_a_strangers_service_is_404_and_starts_nothing(
         ({}, "code: Field required"),
         ({"code": "123456", "extra": 1}, "extra"),
         ("not json", "not valid JSON"),
+        (b'{"code": "\xff\xfe"}', "not valid JSON"),  # not UTF-8: FastAPI's own answer is 400
+        ("[" * 100_000 + "]" * 100_000, "not valid JSON"),  # too deep for the parser: 400 too
         ([1, 2], "must be a JSON object"),
     ],
 )
@@ -200,7 +240,7 @@ async def test_malformed_confirm_is_422_with_a_message(
     words: str,
 ) -> None:
     svc = await stack.panel.service()
-    if isinstance(body, str):
+    if isinstance(body, str | bytes):
         r = await api.post(
             base(svc) + "/confirm", content=body, headers={"Content-Type": "application/json"}
         )
@@ -209,6 +249,7 @@ async def test_malformed_confirm_is_422_with_a_message(
     assert r.status_code == 422, r.text
     detail = r.json()["detail"]
     assert isinstance(detail, str) and words in detail, detail
+    assert set(r.json()) <= {"detail", "errors"}  # the schema's ErrorBody
     assert await no_workflow(stack, svc.service_id)
 
 
@@ -247,6 +288,9 @@ async def test_request_confirm_and_carry_out(
     assert "no habrá más cargos" in body["billing_preview"]["text"]
     assert body["billing_preview"]["debit_warning"] is None
     assert r.headers["Location"].endswith(base(svc))
+    # every field of the status query is there, the preview spelled out
+    assert set(CancellationStatus.model_fields) | {"workflow_id", "run_id"} == set(body)
+    assert body["domain"] == svc.domain
 
     code = await latest_code(stack, svc)
     r = await api.post(base(svc) + "/confirm", json={"code": wrong(code)})

@@ -46,7 +46,8 @@ class AppState:
 
 
 def app_state(request: Request) -> AppState:
-    return request.app.state.bajas  # type: ignore[no-any-return]
+    state: AppState = request.app.state.bajas
+    return state
 
 
 AppStateDep = Annotated[AppState, Depends(app_state)]
@@ -118,10 +119,14 @@ ServiceDep = Annotated[store.Service, Depends(_api_service)]
 # ---- the customer panel ------------------------------------------------------------------
 
 
-async def _signed_in(request: Request, pool: PoolDep) -> store.Customer:
+async def session_customer(request: Request, pool: asyncpg.Pool) -> store.Customer | None:
     """The customer of the cookie's server-side session, while it lives."""
     customer_id = await sessions.customer_of(pool, request.session.get("sid"))
-    customer = await store.customer(pool, customer_id) if customer_id is not None else None
+    return await store.customer(pool, customer_id) if customer_id is not None else None
+
+
+async def _signed_in(request: Request, pool: PoolDep) -> store.Customer:
+    customer = await session_customer(request, pool)
     if customer is None:
         request.session.pop("sid", None)
         raise PanelRedirect(path_for(request, "sign_in_form"))

@@ -4,6 +4,7 @@ or a redirect for the panel."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from bajas.limits import Refusal
 from bajas.models import CancellationStatus, State
@@ -68,11 +69,11 @@ def panel_not_found() -> PanelError:
     return PanelError(404, "No encontrado", "No encontramos esa página o ese servicio.")
 
 
-def validation_message(errors: list[dict[str, object]]) -> str:
+def validation_message(errors: list[dict[str, Any]]) -> str:
     """One readable line out of pydantic's error list."""
     parts = []
     for error in errors:
-        loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "path", "query")]  # type: ignore[attr-defined]
+        loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "path", "query")]
         msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
         if error.get("type") == "json_invalid":
             msg = "the body is not valid JSON"

@@ -36,6 +36,8 @@ STEP_STATES = {
     StepStatus.FAILED: "con error: lo revisa un operador",
 }
 STEP_UNITS = {"mailboxes": "buzones", "files": "archivos"}
+PAYMENT_METHODS = {"auto_debit": "débito automático", "manual": "pago manual"}
+REVOKED_DEBIT = "débito automático revocado"
 
 ENDED_NOTES = {
     State.EXPIRED: "La solicitud de baja anterior venció sin ser confirmada.",
@@ -62,6 +64,8 @@ class ServiceCard:
     service: store.Service
     status: CancellationStatus | None
     ended: CancellationStatus | None = None
+    # What confirming would delete, said again next to the button (while pending).
+    mailboxes: tuple[str, ...] = ()
 
     @property
     def state_label(self) -> str:
@@ -82,6 +86,14 @@ class ServiceCard:
             "activo": "active",
             "suspendido": "suspended",
         }.get(self.state_label, "other")
+
+    @property
+    def payment_label(self) -> str:
+        """How the service is paid, as it stands: a revoked mandate no longer debits."""
+        method = self.service.payment_method
+        if method == "auto_debit" and self.service.debit_mandate == "revoked":
+            return REVOKED_DEBIT
+        return PAYMENT_METHODS.get(method, method)
 
     @property
     def can_request(self) -> bool:
@@ -110,8 +122,8 @@ class ServiceCard:
         files = ended.steps.files.done
         mailboxes = ended.steps.mailboxes.done
         return (
-            f"Se borraron {files} archivo{'s' if files != 1 else ''} del sitio y "
-            f"{mailboxes} buzón{'es' if mailboxes != 1 else ''} de correo. "
+            f"Se borraron {count_of(files, 'archivo', 'archivos')} del sitio y "
+            f"{count_of(mailboxes, 'buzón', 'buzones')} de correo. "
             f"Facturación: {OUTCOME_TEXT_ES[ended.billing_outcome]}"
         )
 
@@ -144,10 +156,19 @@ def _count(name: str, step: StepProgress) -> str:
     return f"{step.done} {unit}" if step.done or step.status is StepStatus.DONE else ""
 
 
+def count_of(n: int, one: str, many: str) -> str:
+    """ "1 buzón", "2 buzones": Spanish plurals are not always one more letter."""
+    return f"{n} {one if n == 1 else many}"
+
+
 def flash(request: Request, text: str, kind: str = "info") -> None:
     """A message for the next page, kept in the signed cookie: readable by whoever holds
-    it, so never personal data (no e-mail address)."""
-    request.session.setdefault("flash", []).append({"text": text, "kind": kind})
+    it, so never personal data (no e-mail address).
+
+    Assigned, never appended in place: the session is saved only when one of its keys is
+    set, so a message added to one not shown yet would be lost.
+    """
+    request.session["flash"] = [*request.session.get("flash", []), {"text": text, "kind": kind}]
 
 
 def csrf_token(request: Request) -> str:
@@ -167,10 +188,13 @@ def _context(request: Request) -> dict[str, Any]:
     }
 
 
-def local_time(value: Any, tz_name: str) -> str:
+def local_time(value: Any, tz_name: str, seconds: bool = False) -> str:
+    """`seconds` where instants minutes apart must be told apart (the mail viewer)."""
     if value is None:
         return ""
-    return value.astimezone(zone(tz_name)).strftime("%d/%m/%Y %H:%M")
+    return value.astimezone(zone(tz_name)).strftime(
+        "%d/%m/%Y %H:%M:%S" if seconds else "%d/%m/%Y %H:%M"
+    )
 
 
 def date_es(value: Any) -> str:
@@ -182,6 +206,7 @@ def make_templates() -> Jinja2Templates:
     templates.env.filters["local_time"] = local_time
     templates.env.filters["date_es"] = date_es
     templates.env.globals["url_for"] = template_path_for
+    templates.env.filters["count_of"] = count_of
     return templates
 
 

@@ -6,6 +6,7 @@ in a redirect (303) to the service's page, where a flash message says what happe
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
@@ -47,6 +48,15 @@ def _to_service(request: Request, service: store.Service) -> RedirectResponse:
     return RedirectResponse(path_for(request, "service", sid=service.id), status_code=303)
 
 
+async def _with_mailboxes(pool: PoolDep, cards: list[ServiceCard]) -> list[ServiceCard]:
+    """Pending cards say again, next to the red button, which mailboxes will go."""
+    found = await store.mailbox_addresses(pool, [c.service.id for c in cards if c.pending])
+    return [
+        dataclasses.replace(c, mailboxes=tuple(found[c.service.id])) if c.service.id in found else c
+        for c in cards
+    ]
+
+
 async def _card(pool: PoolDep, cancellations: ClientDep, service: store.Service) -> ServiceCard:
     """The service with its latest cancellation, running or ended."""
     latest = (await store.latest_requests(pool, [service.id])).get(service.id)
@@ -57,7 +67,7 @@ async def _card(pool: PoolDep, cancellations: ClientDep, service: store.Service)
         return ServiceCard(service, None)
     if status.state.is_final:
         return ServiceCard(service, None, ended=status)
-    return ServiceCard(service, status)
+    return (await _with_mailboxes(pool, [ServiceCard(service, status)]))[0]
 
 
 @router.get("/", response_class=HTMLResponse, name="services")
@@ -66,7 +76,7 @@ async def services(
 ) -> Response:
     """ "Servicios": every service of the signed-in customer with its state."""
     pairs = await services_with_cancellations(pool, cancellations, customer.id)
-    cards = [ServiceCard(s, status) for s, status in pairs]
+    cards = await _with_mailboxes(pool, [ServiceCard(s, status) for s, status in pairs])
     return render(
         request,
         "services.html",
@@ -119,7 +129,7 @@ async def request_preview(
         {
             "customer": customer,
             "card": card,
-            "mailboxes": await store.mailbox_addresses(pool, service.id),
+            "mailboxes": (await store.mailbox_addresses(pool, [service.id])).get(service.id, []),
             "preview": billing_preview(service, settings),
         },
     )
@@ -197,7 +207,7 @@ async def confirm_cancellation(
         flash(request, "No hay una solicitud de baja pendiente para este servicio.", "error")
         return _to_service(request, service)
     except CancellationError:
-        flash(request, "La solicitud de baja ya no espera un código.", "error")
+        await _no_longer_awaiting(request, service, cancellations)
         return _to_service(request, service)
     if result.accepted:
         flash(
@@ -215,12 +225,26 @@ async def confirm_cancellation(
     elif result.state is State.AWAITING_CONFIRMATION:
         flash(
             request,
-            f"Código incorrecto o vencido. Le quedan {result.attempts_left} intentos restantes.",
+            f"Código incorrecto o vencido; intentos restantes: {result.attempts_left}.",
             "error",
         )
     else:
-        flash(request, "La solicitud de baja ya no espera un código.", "error")
+        await _no_longer_awaiting(request, service, cancellations)
     return _to_service(request, service)
+
+
+async def _no_longer_awaiting(
+    request: Request, service: store.Service, cancellations: ClientDep
+) -> None:
+    """A code for a request that no longer waits for one: most often a stale tab whose
+    cancellation was confirmed meanwhile, which is news to tell calmly, not an error."""
+    status = await status_of(cancellations, service)
+    if status is None or status.confirmed_at is None:
+        flash(request, "La solicitud de baja ya no espera un código.", "error")
+    elif status.state is State.CANCELLED:
+        flash(request, "Esta baja ya estaba confirmada: el servicio está dado de baja.")
+    else:
+        flash(request, "Esta baja ya estaba confirmada y se está completando.")
 
 
 @router.post("/servicios/{sid}/reenviar", dependencies=[CsrfDep], name="resend_code")
