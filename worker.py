@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -25,10 +27,11 @@ from activities.mail import Mailer, NoticeActivities, SmtpSettings
 from activities.mailboxes import MailboxActivities
 from activities.panel_db import PanelDbActivities
 from activities.safety import PanelPaths
-from bajas.config import Settings
+from bajas.config import ConfigError, Settings, settings_from_env
 from bajas.db import create_pool
+from bajas.limits import Limits
 from bajas.observability import ActivityLogging, setup_logging
-from bajas.temporal_client import connect
+from bajas.temporal_client import connect, data_converter
 from workflows.cancellation import ServiceCancellation
 from workflows.sandbox import workflow_runner
 from workflows.search_attributes import node_task_queue
@@ -48,6 +51,7 @@ def node_activities_for(settings: Settings, pool: asyncpg.Pool) -> list[Any]:
 def activities_for(settings: Settings, pool: asyncpg.Pool) -> Sequence[Any]:
     """Every activity, each object built with what it touches in the world: a central
     worker also runs the node steps of the services that name no server."""
+    limits = Limits.from_settings(settings)
     mailer = Mailer(
         SmtpSettings(
             host=settings.smtp_host,
@@ -61,8 +65,9 @@ def activities_for(settings: Settings, pool: asyncpg.Pool) -> Sequence[Any]:
         business_tz=settings.business_tz,
         confirmation_window=settings.confirmation_window,
         sla_limit=settings.sla_limit,
+        limits=limits,
     )
-    codes = CodeActivities(pool, settings.hmac_key(), mailer, settings.business_tz)
+    codes = CodeActivities(pool, settings.hmac_key(), mailer, settings.business_tz, limits)
     return [
         panel.check_service,
         panel.record_transition,
@@ -119,12 +124,23 @@ def install_metrics(port: int | None) -> Runtime | None:
     )
 
 
+def check_settings(settings: Settings, node: str | None = None) -> None:
+    """Refuse to start without what every worker must share (ConfigError, one line):
+    a worker with its own code key would refuse the codes the others mail. A node worker
+    handles no codes."""
+    settings.require_database_url()
+    if node is None:
+        settings.hmac_key()
+    data_converter(settings)  # PAYLOAD_KEYS, when set, must parse
+
+
 async def run_worker(
     settings: Settings, stop: asyncio.Event | None = None, node: str | None = None
 ) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT when none is given)."""
+    check_settings(settings, node)
     runtime = install_metrics(settings.metrics_port)
-    client = await (connect(runtime=runtime) if runtime else connect())
+    client = await (connect(settings, runtime=runtime) if runtime else connect(settings))
     pool = await create_pool(settings.require_database_url(), max_size=settings.db_pool_max)
     stop = stop or _signal_event()
     try:
@@ -145,9 +161,14 @@ def _signal_event() -> asyncio.Event:
 
 
 def main() -> None:
-    settings = Settings()
-    setup_logging(settings.log_format)
-    asyncio.run(run_worker(settings))
+    try:
+        settings = settings_from_env()
+        setup_logging(settings.log_format)
+        asyncio.run(run_worker(settings))
+    except ConfigError as err:
+        sys.stderr.write(f"error: {err}\n")
+        sys.stderr.flush()
+        os._exit(1)  # a client connected before the failure can abort interpreter shutdown
 
 
 if __name__ == "__main__":

@@ -12,9 +12,11 @@ import secrets
 
 import asyncpg
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.audit import record
 from activities.mail import Mailer, code_mail
+from bajas.limits import TOO_MANY_REQUESTS, Limits, resend_refusal
 from bajas.models import (
     CODE_LENGTH,
     IssueCodeInput,
@@ -36,11 +38,19 @@ def new_code() -> str:
 
 
 class CodeActivities:
-    def __init__(self, pool: asyncpg.Pool, key: bytes, mailer: Mailer, tz_name: str) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        key: bytes,
+        mailer: Mailer,
+        tz_name: str,
+        limits: Limits | None = None,
+    ) -> None:
         self.pool = pool
         self.key = key
         self.mailer = mailer
         self.tz_name = tz_name
+        self.limits = limits or Limits()
 
     @activity.defn(name="issue_code")
     async def issue_code(self, data: IssueCodeInput) -> IssueCodeResult:
@@ -58,6 +68,15 @@ class CodeActivities:
         )
         if sent is not None:
             return IssueCodeResult(generation=data.generation, expires_at=data.expires_at)
+        if data.generation > 1:
+            # A resend over the hourly limits fails its update and mails nothing.
+            refusal = await resend_refusal(
+                self.pool, self.limits, data.service_id, data.customer_id
+            )
+            if refusal is not None:
+                raise ApplicationError(
+                    refusal.rejection_reason, type=TOO_MANY_REQUESTS, non_retryable=True
+                )
         row = await self.pool.fetchrow(
             "select c.email, c.name, s.domain, s.expires_on, s.payment_method"
             " from services s join customers c on c.id = s.customer_id where s.id = $1",

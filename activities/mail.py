@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date, datetime
 from email.message import EmailMessage
@@ -11,11 +12,30 @@ import aiosmtplib
 import asyncpg
 from temporalio import activity
 
-from bajas.models import BillingOutcome, NoticeInput, NoticeResult, PaymentMethod
+from bajas.models import (
+    MAX_WRONG_CODES,
+    BillingOutcome,
+    NoticeInput,
+    NoticeResult,
+    PaymentMethod,
+)
 from workflows.rules import OUTCOME_TEXT_ES, debit_warning_es, zone
 
 KIND_CANCELLED = "cancelled"
 KIND_SLA_AT_RISK = "sla_at_risk"
+KIND_LOCKED = "locked"
+# What no header may carry: a line break would end the header (or be refused by `email`).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
+
+
+def unsendable_fields(values: dict[str, str]) -> list[str]:
+    """The names of the values that hold a control character (a CR/LF above all)."""
+    return [name for name, value in values.items() if _CONTROL.search(value)]
+
+
+def header_text(value: str) -> str:
+    """A header value on one line: control characters become one space."""
+    return _CONTROL.sub(" ", value).strip()
 
 
 @dataclass(frozen=True)
@@ -35,8 +55,8 @@ class Mailer:
     async def send(self, to: str, subject: str, body: str, *, to_name: str | None = None) -> None:
         msg = EmailMessage()
         msg["From"] = self.smtp.sender
-        msg["To"] = formataddr((to_name, to)) if to_name else to
-        msg["Subject"] = subject
+        msg["To"] = formataddr((header_text(to_name), to)) if to_name else to
+        msg["Subject"] = header_text(subject)
         msg["Message-ID"] = make_msgid(domain="bajas")
         msg.set_content(body)
         await aiosmtplib.send(
@@ -97,6 +117,23 @@ def cancelled_mail(*, name: str, domain: str, outcome: BillingOutcome) -> tuple[
     return f"Servicio {domain} dado de baja", body
 
 
+def locked_mail(*, name: str, domain: str, wrong_codes: int) -> tuple[str, str]:
+    body = "\n".join(
+        [
+            f"Hola {name}:",
+            "",
+            f"Alguien intentó dar de baja el servicio {domain} e ingresó {wrong_codes} "
+            "códigos de confirmación incorrectos, así que bloqueamos esa solicitud. "
+            "El servicio sigue como estaba: no se borró nada.",
+            "",
+            "Si fue usted, puede volver a solicitar la baja desde el panel más tarde.",
+            "Si no fue usted, alguien más puede entrar a su panel: cambie su clave y "
+            "comuníquese con nosotros.",
+        ]
+    )
+    return f"Intento de baja bloqueado: {domain}", body
+
+
 class NoticeActivities:
     """Once-per-run mails; `bajas.sent_mails` makes a retried activity send nothing more."""
 
@@ -126,6 +163,11 @@ class NoticeActivities:
             assert data.billing_outcome is not None
             subject, body = cancelled_mail(
                 name=row["name"], domain=row["domain"], outcome=data.billing_outcome
+            )
+            await self.mailer.send(row["email"], subject, body, to_name=row["name"])
+        elif data.kind == KIND_LOCKED:
+            subject, body = locked_mail(
+                name=row["name"], domain=row["domain"], wrong_codes=MAX_WRONG_CODES
             )
             await self.mailer.send(row["email"], subject, body, to_name=row["name"])
         elif data.kind == KIND_SLA_AT_RISK:

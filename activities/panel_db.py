@@ -8,6 +8,8 @@ import asyncpg
 from temporalio import activity
 
 from activities.audit import record
+from activities.mail import unsendable_fields
+from bajas.limits import BAD_CONTACT_DATA, Limits, request_refusal
 from bajas.models import (
     MAX_ID,
     FinishInput,
@@ -27,8 +29,10 @@ class PanelDbActivities:
         business_tz: str,
         confirmation_window: timedelta,
         sla_limit: timedelta,
+        limits: Limits | None = None,
     ) -> None:
         self.pool = pool
+        self.limits = limits or Limits()
         self.timing = {
             "business_tz": business_tz,
             "confirmation_window_seconds": confirmation_window.total_seconds(),
@@ -44,8 +48,9 @@ class PanelDbActivities:
             activity.logger.warning("service check with ids out of range refused")
             return ServiceCheck(accepted=False, rejection_reason="unknown service", **self.timing)
         row = await self.pool.fetchrow(
-            "select customer_id, domain, status, expires_on, payment_method, server"
-            " from services where id = $1",
+            "select s.customer_id, s.domain, s.status, s.expires_on, s.payment_method,"
+            " s.server, c.name, c.email from services s join customers c on c.id = s.customer_id"
+            " where s.id = $1",
             data.service_id,
         )
         if row is None:
@@ -58,6 +63,8 @@ class PanelDbActivities:
             check = ServiceCheck(
                 accepted=False, rejection_reason="service already cancelled", **self.timing
             )
+        elif refusal := await self._refusal(data, row, info.workflow_run_id or ""):
+            check = ServiceCheck(accepted=False, rejection_reason=refusal, **self.timing)
         else:
             check = ServiceCheck(
                 accepted=True,
@@ -96,6 +103,24 @@ class PanelDbActivities:
                 ),
             )
         return check
+
+    async def _refusal(
+        self, data: ServiceCheckInput, row: asyncpg.Record, run_id: str
+    ) -> str | None:
+        """A request no mail could follow, or one over the limits of docs/SECURITY.md."""
+        bad = unsendable_fields(
+            {"customer name": row["name"], "customer e-mail": row["email"], "domain": row["domain"]}
+        )
+        if bad:
+            return (
+                f"{BAD_CONTACT_DATA}: the {' and '.join(bad)}"
+                f" {'holds' if len(bad) == 1 else 'hold'} a line break or another control"
+                " character, so no mail can carry the code; fix the panel database"
+            )
+        refusal = await request_refusal(
+            self.pool, self.limits, data.service_id, data.customer_id, run_id=run_id
+        )
+        return refusal.rejection_reason if refusal else None
 
     @activity.defn(name="record_transition")
     async def record_transition(self, entry: TransitionInput) -> None:

@@ -5,14 +5,20 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 STATE_DIR = Path(".bajas")
+# Secrets `bajas dev` makes and keeps under STATE_DIR.
+CODE_KEY_FILE = "code.key"
+PAYLOAD_KEYS_FILE = "payload.keys"
+CODEC_TOKEN_FILE = "codec_token"
+MIN_SECRET_LENGTH = 16
 
 
 def parse_duration(value: Any) -> Any:
@@ -44,8 +50,13 @@ class Settings(BaseSettings):
     business_tz: str = "America/Argentina/Buenos_Aires"
     confirmation_window: timedelta = timedelta(seconds=86400)
     panel_api_token: SecretStr | None = None
-    # Key of the HMAC that stores confirmation codes; shared by every worker.
+    # Key of the HMAC that stores confirmation codes; the same on every worker.
     code_hmac_key: SecretStr | None = None
+    # ID:BASE64KEY[,ID:BASE64KEY...]: AES-GCM keys of the payload codec (bajas.codec).
+    payload_keys: SecretStr | None = None
+    codec_server_token: SecretStr | None = None
+    # Origins of the Web UI(s) that call the codec server from the browser, comma-separated.
+    codec_cors_origins: str = "http://localhost:8233"
     # Deprovisioning slower than this after confirmation raises the SLA alert.
     sla_limit: timedelta = timedelta(hours=20)
     ops_email: str | None = None
@@ -62,6 +73,39 @@ class Settings(BaseSettings):
     # Workflows kept in worker memory; more than this waiting are replayed when touched.
     max_cached_workflows: int = Field(default=2000, ge=0)
     dev_mode: bool = Field(default=False, alias="BAJAS_DEV")
+    # ---- abuse limits and the network in front of the API (docs/SECURITY.md) ----
+    guess_cooldown: timedelta = timedelta(minutes=15)
+    guess_max_locks: int = Field(default=3, ge=1)
+    guess_max_wrong_codes: int = Field(default=15, ge=1)
+    requests_per_service_hour: int = Field(default=5, ge=1)
+    requests_per_customer_hour: int = Field(default=20, ge=1)
+    resends_per_service_hour: int = Field(default=5, ge=1)
+    resends_per_customer_hour: int = Field(default=20, ge=1)
+    sign_in_delay_after: int = Field(default=5, ge=1)
+    sign_in_lock_after: int = Field(default=10, ge=1)
+    sign_in_lock: timedelta = timedelta(minutes=5)
+    sign_in_address_factor: int = Field(default=1, ge=1)
+    sign_in_concurrency: int = Field(default=2, ge=1)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    public_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    https_only: bool = False
+    # None: the docs are served under `bajas dev` only.
+    api_docs: bool | None = None
+
+    _abuse_durations = field_validator("guess_cooldown", "sign_in_lock", mode="before")(
+        classmethod(lambda cls, v: parse_duration(v))
+    )
+
+    @field_validator("trusted_proxies", "public_hosts", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        """`a, b` in the environment; a list when built in code."""
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    def docs_public(self) -> bool:
+        return self.dev_mode if self.api_docs is None else self.api_docs
 
     _window = field_validator("confirmation_window", "sla_limit", mode="before")(
         classmethod(lambda cls, v: parse_duration(v))
@@ -81,20 +125,56 @@ class Settings(BaseSettings):
         return self.database_url
 
     def hmac_key(self) -> bytes:
-        """The code key: CODE_HMAC_KEY, else one kept in .bajas/code.key (single machine)."""
+        """CODE_HMAC_KEY; only `bajas dev` (BAJAS_DEV) falls back to .bajas/code.key, since
+        workers that disagree on the key refuse each other's codes."""
         if self.code_hmac_key is not None:
             return self.code_hmac_key.get_secret_value().encode()
-        return persistent_secret("code.key").encode()
+        if self.dev_mode:
+            return persistent_secret(CODE_KEY_FILE).encode()
+        raise ConfigError("CODE_HMAC_KEY is not set: give every worker the same secret value")
+
+    def payload_keys_value(self) -> str | None:
+        """PAYLOAD_KEYS, or under `bajas dev` the keys it keeps in .bajas/; None: no encryption."""
+        if self.payload_keys is not None:
+            return self.payload_keys.get_secret_value()
+        if self.dev_mode and (STATE_DIR / PAYLOAD_KEYS_FILE).exists():
+            return persistent_secret(PAYLOAD_KEYS_FILE)
+        return None
+
+    def require_codec_server_token(self) -> str:
+        if self.codec_server_token is not None:
+            token = self.codec_server_token.get_secret_value().strip()
+            if len(token) >= MIN_SECRET_LENGTH:
+                return token
+            raise ConfigError(f"CODEC_SERVER_TOKEN must be at least {MIN_SECRET_LENGTH} characters")
+        if self.dev_mode:
+            return persistent_secret(CODEC_TOKEN_FILE)
+        raise ConfigError("CODEC_SERVER_TOKEN is not set: the codec server needs a bearer token")
+
+    def codec_origins(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.codec_cors_origins.split(",") if o.strip()]
 
 
-def persistent_secret(name: str) -> str:
-    """A random secret kept in .bajas/<name> (mode 0600), made once; two processes
+def settings_from_env() -> Settings:
+    """Settings(), with a bad value reported as one line that names its variable."""
+    try:
+        return Settings()
+    except ValidationError as err:
+        first = err.errors()[0]
+        name = str(first["loc"][0]).upper() if first["loc"] else "configuration"
+        raise ConfigError(f"{name}: {first['msg']}") from None
+
+
+def persistent_secret(
+    name: str, make: Callable[[], str] = lambda: secrets.token_urlsafe(32)
+) -> str:
+    """A secret kept in .bajas/<name> (mode 0600), made once by `make`; two processes
     starting together agree on it (the first link wins)."""
     path = STATE_DIR / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{name}.{secrets.token_hex(4)}")
-        tmp.write_text(secrets.token_urlsafe(32))
+        tmp.write_text(make())
         tmp.chmod(0o600)
         try:
             os.link(tmp, path)  # fails if another process got there first
@@ -107,3 +187,13 @@ def persistent_secret(name: str) -> str:
 
 class ConfigError(Exception):
     """A configuration value is missing or wrong; shown to the operator as one line."""
+
+
+class Unreachable(ConfigError):
+    """A server named by the configuration does not answer: the message names the server,
+    its address and the variable that gives it."""
+
+    def __init__(self, server: str, address: str, variable: str, reason: str | None = None) -> None:
+        super().__init__(
+            f"cannot reach {server} at {address} ({variable})" + (f": {reason}" if reason else "")
+        )

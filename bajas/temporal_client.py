@@ -1,18 +1,97 @@
-"""One way to reach Temporal, shared by the worker, the API and the CLI."""
+"""One way to reach Temporal, shared by the worker, the API, the CLI, `bajas dev` and tests.
+
+Every client and worker gets its data converter from `data_converter(settings)`: the
+pydantic converter, plus the AES-GCM codec (and failure messages moved into encoded
+attributes) when PAYLOAD_KEYS is set. A process built any other way reads ciphertext.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from typing import Any
+
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.envconfig import ClientConfigProfile
+
+from bajas.codec import AesGcmCodec
+from bajas.config import ConfigError, Settings, Unreachable
 
 DEFAULT_ADDRESS = "localhost:7233"
 
 
-async def connect(**overrides: object) -> Client:
-    """Read TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TLS and profiles as
-    the `temporal` CLI does (temporalio.envconfig), with the pydantic converter."""
-    config = dict(ClientConfigProfile.load().to_client_connect_config())
+def payload_codec(settings: Settings) -> AesGcmCodec | None:
+    """The codec for PAYLOAD_KEYS, or None when encryption is off."""
+    value = settings.payload_keys_value()
+    return AesGcmCodec.from_setting(value) if value is not None else None
+
+
+def data_converter(settings: Settings) -> DataConverter:
+    """The converter of every bajas client and worker (and of tests' environments)."""
+    codec = payload_codec(settings)
+    if codec is None:
+        return pydantic_data_converter
+    return dataclasses.replace(
+        pydantic_data_converter,
+        payload_codec=codec,
+        # error messages name paths and domains: keep them inside the encrypted payloads
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
+
+
+def connect_config(**overrides: Any) -> dict[str, Any]:
+    """TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS_*, TEMPORAL_PROFILE
+    and the config file, read by temporalio.envconfig as the `temporal` CLI reads them."""
+    try:
+        config = dict(ClientConfigProfile.load().to_client_connect_config())
+    except Exception as err:  # the bridge's own error types: bad file, unknown profile
+        raise ConfigError(f"Temporal client configuration: {_first_line(err)}") from None
     config.setdefault("target_host", DEFAULT_ADDRESS)
     config.update(overrides)
-    return await Client.connect(**config, data_converter=pydantic_data_converter)  # type: ignore[arg-type]
+    return config
+
+
+async def connect(settings: Settings | None = None, **overrides: Any) -> Client:
+    """A client with bajas' data converter; Unreachable names the address when it fails.
+
+    Without `settings` they are read from the environment.
+    """
+    converter = data_converter(settings or Settings())
+    config = connect_config(**overrides)
+    try:
+        return await Client.connect(**config, data_converter=converter)
+    except RuntimeError as err:  # the bridge reports every connect failure this way
+        raise Unreachable(
+            "Temporal", str(config["target_host"]), _address_variable(), _reason(err)
+        ) from None
+
+
+def _address_variable() -> str:
+    if "TEMPORAL_ADDRESS" in os.environ or "TEMPORAL_PROFILE" not in os.environ:
+        return "TEMPORAL_ADDRESS"
+    return f"TEMPORAL_ADDRESS, or the address of profile {os.environ['TEMPORAL_PROFILE']}"
+
+
+def _reason(err: BaseException) -> str | None:
+    """None for a plain refusal (the address says it all), else the cause in a few words."""
+    text = str(err)
+    if "Connection refused" in text or "ConnectionRefused" in text:
+        return None
+    for marker, reason in (
+        ("dns error", "unknown host"),
+        ("timed out", "timed out"),
+        ("InvalidCertificate", "TLS certificate not accepted"),
+        ("tls", "TLS handshake failed"),
+        ("Unauthenticated", "not authenticated (TEMPORAL_API_KEY or client certificate)"),
+        ("PermissionDenied", "permission denied"),
+    ):
+        if marker.lower() in text.lower():
+            return reason
+    return _first_line(err)
+
+
+def _first_line(err: BaseException) -> str:
+    text = (str(err).strip() or type(err).__name__).removeprefix("Failed client connect: ")
+    return text.splitlines()[0][:160]

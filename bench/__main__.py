@@ -30,7 +30,8 @@ from typing import Any
 
 from bench import report
 from bench.runs import bajas_run, baseline_run, console, deletion_run, waiting_run
-from bench.stack import REPO, Stack, open_stack
+from bench.stack import Stack, open_stack
+from tests.helpers import REPO
 
 ITEMS = ("throughput", "latency", "deletion", "waiting", "scale")
 RESULTS = REPO / "bench" / "results" / "latest.json"

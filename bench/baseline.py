@@ -84,7 +84,7 @@ class BaselineCancellation:
         self.confirmed = True
         return True
 
-    @workflow.update(name="wait_for_code")
+    @workflow.update
     async def wait_for_code(self) -> bool:
         await workflow.wait_condition(lambda: self.code_sent)
         return True
@@ -138,9 +138,10 @@ async def _run_worker() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    task_queue = os.environ["TEMPORAL_TASK_QUEUE"]
     async with Worker(
         client,
-        task_queue=os.environ["TEMPORAL_TASK_QUEUE"],
+        task_queue=task_queue,
         workflows=[BaselineCancellation],
         activities=ACTIVITIES,
         # the same runner as the bajas worker beside it (WORKFLOW_SANDBOX), for a fair ratio
@@ -148,6 +149,8 @@ async def _run_worker() -> None:
         max_concurrent_activities=int(os.environ.get("MAX_CONCURRENT_ACTIVITIES", "50")),
         graceful_shutdown_timeout=timedelta(seconds=10),
     ):
+        # the line worker.py logs, that the harness waits for
+        print(f"worker polling task queue {task_queue}", flush=True)
         await stop.wait()
 
 

@@ -21,7 +21,7 @@ def _num(value: float | None, unit: str = "", digits: int = 1) -> str:
 def _ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b in (None, 0):
         return None
-    return a / b  # type: ignore[operator]
+    return a / b
 
 
 def summary_table(results: dict[str, Any]) -> Table:

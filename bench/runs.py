@@ -20,8 +20,9 @@ from temporalio.testing import ActivityEnvironment
 from activities.files import FilesActivities
 from bajas.models import DeprovisionInput, State
 from bench import baseline
-from bench.stack import Site, Stack, write_tree
+from bench.stack import Stack, per_dir, status_kib, verify_cancelled
 from starter.client import CancellationClient
+from tests.helpers.panel import ServiceFixture, make_tree
 
 console = Console(stderr=True)
 
@@ -139,9 +140,8 @@ async def bajas_run(
     timeout: float,
 ) -> Run:
     queue = f"bench-bajas-{uuid.uuid4().hex[:8]}"
-    tag = label.replace(" ", "")
     with console.status(f"[{label}] writing {n + warmup} services with their files…"):
-        sites = await stack.panel.sites(n + warmup, tag=tag, files=files, mailboxes=mailboxes)
+        sites = await stack.sites(n + warmup, files=files, mailboxes=mailboxes)
     procs = await stack.start_workers(queue, workers, profile=_profile(stack, label))
     try:
         cc = CancellationClient(stack.client, queue)
@@ -161,15 +161,17 @@ async def bajas_run(
             await _drive(run, sites[warmup:], _cancellation(stack, cc), timeout)
             run.cpu = meter.stop()
             run.calls = stack.calls.take()
-        run.verified = await stack.panel.verify_cancelled(sites[warmup:])
+        run.verified = await verify_cancelled(stack.pool, sites[warmup:])
     finally:
         await stack.stop_workers(procs)
     _report_errors(run)
     return run
 
 
-def _cancellation(stack: Stack, cc: CancellationClient) -> Callable[[Site, Run], Awaitable[None]]:
-    async def one(site: Site, run: Run) -> None:
+def _cancellation(
+    stack: Stack, cc: CancellationClient
+) -> Callable[[ServiceFixture, Run], Awaitable[None]]:
+    async def one(site: ServiceFixture, run: Run) -> None:
         t0 = time.perf_counter()
         answer = await cc.request(site.service_id, site.customer_id, requested_by="bench")
         if answer.status.state is not State.AWAITING_CONFIRMATION:
@@ -252,7 +254,7 @@ async def deletion_run(
 ) -> dict[str, Any]:
     """`rounds` pairs of identical trees; the order alternates (activity first, then rm
     first, ...) so neither side always gets the warmer caches; the median ratio counts."""
-    await stack.panel.filler(panel_rows)
+    await stack.filler(panel_rows)
     activities = FilesActivities(stack.pool, stack.hosting_root)
     heartbeats: list[Any] = []
     env = ActivityEnvironment()
@@ -268,9 +270,9 @@ async def deletion_run(
         with console.status(
             f"[deletion {r + 1}/{rounds}] building two trees of {files:,} files in {dirs:,} dirs…"
         ):
-            await asyncio.to_thread(write_tree, site_root, files, dirs)
-            await asyncio.to_thread(write_tree, copy_root, files, dirs)
-            site = await stack.panel.bare_service(site_root, site_root.name)
+            await asyncio.to_thread(make_tree, site_root, files, per_dir(files, dirs))
+            await asyncio.to_thread(make_tree, copy_root, files, per_dir(files, dirs))
+            site = await stack.bare_service(site_root)
             other_paths = await stack.pool.fetchval(
                 "select (select count(*) from services where id <> $1)"
                 " + (select count(*) from mailboxes)",
@@ -278,7 +280,7 @@ async def deletion_run(
             )
             await asyncio.to_thread(os.sync)
 
-        async def by_activity(site: Site = site) -> tuple[float, float]:
+        async def by_activity(site: ServiceFixture = site) -> tuple[float, float]:
             nonlocal result, cpu
             meter = stack.meter()
             meter.start()
@@ -365,9 +367,7 @@ async def waiting_run(
 ) -> dict[str, Any]:
     queue = f"bench-waiting-{uuid.uuid4().hex[:8]}"
     with console.status(f"[waiting] writing {waiting + warmup} services with their files…"):
-        sites = await stack.panel.sites(
-            waiting + warmup, tag="waiting", files=files, mailboxes=mailboxes
-        )
+        sites = await stack.sites(waiting + warmup, files=files, mailboxes=mailboxes)
     (proc,) = await stack.start_workers(queue, 1, profile=_profile(stack, "waiting"))
     temporal = stack.temporal_pids()
     try:
@@ -377,12 +377,12 @@ async def waiting_run(
             with console.status(f"[waiting] warm-up ({warmup})…"):
                 await _drive(Run("warmup", 1, warmup, concurrency), sites[:warmup], one, timeout)
         await asyncio.sleep(1.0)
-        rss_idle = proc.status_kib("VmRSS")
+        rss_idle = status_kib(proc.pid, "VmRSS")
         server_idle = _rss_kib(temporal)
         pending = sites[warmup:]
         requested = Run("waiting requests", 1, waiting, concurrency)
 
-        async def request_only(site: Site, run: Run) -> None:
+        async def request_only(site: ServiceFixture, run: Run) -> None:
             t0 = time.perf_counter()
             answer = await cc.request(site.service_id, site.customer_id, requested_by="bench")
             if answer.status.state is not State.AWAITING_CONFIRMATION:
@@ -392,13 +392,13 @@ async def waiting_run(
         with console.status(f"[waiting] requesting {waiting} cancellations…"):
             await _drive(requested, pending, request_only, timeout)
         await asyncio.sleep(2.0)
-        rss_waiting = proc.status_kib("VmRSS")
-        hwm_waiting = proc.status_kib("VmHWM")
+        rss_waiting = status_kib(proc.pid, "VmRSS")
+        hwm_waiting = status_kib(proc.pid, "VmHWM")
         server_waiting = _rss_kib(temporal)
 
         confirmed = Run("waiting confirmations", 1, waiting, concurrency)
 
-        async def confirm_only(site: Site, run: Run) -> None:
+        async def confirm_only(site: ServiceFixture, run: Run) -> None:
             code = await stack.sink.code_for(site.domain)
             t1 = time.perf_counter()
             answer = await cc.confirm(site.service_id, code)
@@ -416,8 +416,8 @@ async def waiting_run(
             await _drive(confirmed, pending, confirm_only, timeout)
             confirmed.cpu = meter.stop()
             confirmed.calls = stack.calls.take()
-        rss_after = proc.status_kib("VmRSS")
-        verified = await stack.panel.verify_cancelled(pending)
+        rss_after = status_kib(proc.pid, "VmRSS")
+        verified = await verify_cancelled(stack.pool, pending)
     finally:
         await stack.stop_workers([proc])
     _report_errors(requested)

@@ -11,15 +11,18 @@ import asyncio
 import getpass
 import os
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from bajas.config import ConfigError, Settings
-from bajas.models import CancellationStatus
+from bajas.config import ConfigError, Settings, Unreachable, settings_from_env
+from bajas.models import MAX_ID, CancellationStatus
+
+if TYPE_CHECKING:
+    from starter.client import CancellationClient
 
 T = TypeVar("T")
 app = typer.Typer(
@@ -31,7 +34,25 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 out = Console()
-ServiceOpt = Annotated[int, typer.Option("--service", help="service id (services.id)", min=1)]
+
+
+def _plain_id(text: str) -> int:
+    """An id as the panel database has it. `int()` alone would take "102.0", " 102" or
+    "1_02" for 102: an operator who typed that meant something else, so it is refused."""
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= MAX_ID:
+        raise typer.BadParameter(f"{text!r} is not an id: ids are plain integers, 1 to {MAX_ID}")
+    return int(text)
+
+
+def _id_option(flag: str, what: str) -> Any:
+    return typer.Option(
+        flag, help=what, parser=_plain_id, metavar=flag.removeprefix("--")[0].upper() + "ID"
+    )
+
+
+CUSTOMER_ID = "customer id (customers.id)"
+ServiceOpt = Annotated[int, _id_option("--service", "service id (services.id)")]
+CustomerOpt = Annotated[int, _id_option("--customer", CUSTOMER_ID)]
 
 
 class Failure(Exception):
@@ -39,26 +60,18 @@ class Failure(Exception):
 
 
 def _settings() -> Settings:
-    try:
-        return Settings()
-    except Exception as err:  # pydantic's ValidationError, many lines: keep the first
-        first = str(err).splitlines()
-        raise Failure(f"bad configuration: {' '.join(first[:3])}") from err
+    return settings_from_env()
 
 
-def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(coro_fn())  # type: ignore[arg-type]
+def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return asyncio.run(coro_fn())
 
 
-async def _cancellations(settings: Settings):  # type: ignore[no-untyped-def]
+async def _cancellations(settings: Settings) -> CancellationClient:
     from bajas.temporal_client import connect
     from starter.client import CancellationClient
 
-    try:
-        client = await connect()
-    except Exception as err:
-        reason = "connection refused" if "Connection refused" in str(err) else _first_line(err)
-        raise Failure(f"cannot reach Temporal: {reason}") from err
+    client = await connect(settings)  # Unreachable names the address
     return CancellationClient(client, settings.temporal_task_queue)
 
 
@@ -77,12 +90,14 @@ def dev(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port of the HTTP API and panel")] = 8000,
     smtp_port: Annotated[int, typer.Option(help="port of the SMTP sink")] = 1025,
+    codec_port: Annotated[int, typer.Option(help="port of the codec server")] = 8081,
 ) -> None:
     """Everything on one machine with embedded defaults (state in ./.bajas/)."""
     from bajas.dev.runner import DevOptions, run_dev
 
+    options = DevOptions(host=host, api_port=port, smtp_port=smtp_port, codec_port=codec_port)
     try:
-        asyncio.run(run_dev(DevOptions(host=host, api_port=port, smtp_port=smtp_port)))
+        asyncio.run(run_dev(options))
     except KeyboardInterrupt:
         pass
 
@@ -125,40 +140,183 @@ def api(
     port: Annotated[int, typer.Option(help="listen port")] = 8000,
 ) -> None:
     """Serve the HTTP API under /api and the customer panel under /panel/."""
-    import uvicorn
-
-    from starter.api.app import create_app
-
     settings = _settings()
     settings.require_database_url()
-    uvicorn.run(create_app(settings), host=host, port=port)
+    _run(lambda: _serve_api(settings, host, port))
+
+
+@app.command("codec-server")
+def codec_server(
+    host: Annotated[str, typer.Option(help="listen address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="listen port")] = 8081,
+) -> None:
+    """Serve Temporal's codec protocol (POST /encode, /decode) for the Web UI and the CLI."""
+    from starter.codec_server import create_codec_app
+
+    settings = _settings()
+    _run(lambda: _serve(create_codec_app(settings), host, port))
+
+
+async def _serve_api(settings: Settings, host: str, port: int) -> None:
+    """Check the token, reach Temporal and PostgreSQL, then serve: a server that cannot be
+    reached is one line here, not a traceback from inside uvicorn's start-up."""
+    from bajas.db import create_pool
+    from bajas.temporal_client import connect
+    from starter.api.app import create_app
+    from starter.api.security import api_token
+
+    api_token(settings)
+    client = await connect(settings)
+    pool = await create_pool(settings.require_database_url(), max_size=settings.db_pool_max)
+    try:
+        await _serve(create_app(settings, client=client, pool=pool), host, port)
+    finally:
+        await pool.close()
+
+
+async def _serve(asgi: Any, host: str, port: int) -> None:
+    import uvicorn
+
+    # X-Forwarded-* are the app's to trust (TRUSTED_PROXIES), not uvicorn's.
+    config = uvicorn.Config(asgi, host=host, port=port, proxy_headers=False)
+    await uvicorn.Server(config).serve()
 
 
 # ---- operator commands ------------------------------------------------------------------
 
 
+NOT_THE_CUSTOMERS = "not the customer's service"
+
+
 @app.command()
 def request(
-    customer: Annotated[int, typer.Option("--customer", help="customer id", min=1)],
     service: ServiceOpt,
+    customer: Annotated[int | None, _id_option("--customer", CUSTOMER_ID)] = None,
+    customer_number: Annotated[
+        str | None,
+        typer.Option(
+            "--customer-number",
+            help='the "Número de cliente" the panel shows (customers.number)',
+            metavar="NUMBER",
+        ),
+    ] = None,
     reason: Annotated[str | None, typer.Option(help="free text kept in the audit trail")] = None,
 ) -> None:
     """Start a cancellation (or show the one already running); the code goes by mail."""
-    from starter.client import CancellationNotFound
-
+    if (customer is None) == (customer_number is None):
+        raise typer.BadParameter(
+            "give exactly one of --customer CID (the customer's id) and "
+            "--customer-number NUMBER (the número de cliente the panel shows)",
+            param_hint="--customer/--customer-number",
+        )
     settings = _settings()
 
     async def go() -> None:
+        if customer is not None:
+            customer_id, whose = customer, f"customer {customer}"
+        else:
+            number = (customer_number or "").strip()
+            customer_id = await _customer_by_number(settings, number)
+            whose = f"customer number {number} (id {customer_id})"
+        await _refuse_over_limits(settings, service, customer_id)
         client = await _cancellations(settings)
-        answer = await client.request(service, customer, requested_by="operator", reason=reason)
+        answer = await client.request(service, customer_id, requested_by="operator", reason=reason)
         if answer.status.state.value == "rejected":
-            raise CancellationNotFound(
-                f"service {service} cannot be cancelled for customer {customer}: "
-                f"{answer.status.rejection_reason}"
-            )
+            why = answer.status.rejection_reason or "rejected"
+            if why == NOT_THE_CUSTOMERS and customer is not None:
+                why += (
+                    " (--customer takes the customer's id; the number the panel shows"
+                    " goes in --customer-number)"
+                )
+            raise Failure(f"service {service} cannot be cancelled for {whose}: {why}")
         _print_status(answer.status, title=f"{answer.workflow_id} (run {answer.run_id})")
 
     _client_command(go)
+
+
+async def _refuse_over_limits(settings: Settings, service: int, customer: int) -> None:
+    """The limits of docs/SECURITY.md, asked before anything starts (the worker asks
+    again); without DATABASE_URL only the worker's check applies."""
+    if not settings.database_url:
+        return
+    from bajas.db import connect
+    from bajas.limits import Limits, request_refusal
+
+    conn = await connect(settings.database_url)
+    try:
+        refusal = await request_refusal(
+            conn, Limits.from_settings(settings), service, customer, attach_allowed=True
+        )
+    finally:
+        await conn.close()
+    if refusal is not None:
+        raise Failure(refusal.message)
+
+
+@app.command()
+def unlock(
+    service: ServiceOpt,
+    by: Annotated[
+        str | None, typer.Option(help="who unlocks, for the audit trail (default: your login)")
+    ] = None,
+    reason: Annotated[str | None, typer.Option(help="why, for the audit trail")] = None,
+) -> None:
+    """Let a service be requested again after too many wrong codes (audited)."""
+    from bajas.limits import Limits, request_refusal
+    from bajas.limits import unlock as record_unlock
+    from workflows.search_attributes import workflow_id_for
+
+    settings = _settings()
+    who = by or os.environ.get("SUDO_USER") or getpass.getuser()
+
+    async def go() -> None:
+        from bajas.db import connect
+
+        conn = await connect(settings.require_database_url())
+        try:
+            async with conn.transaction():
+                customer = await conn.fetchval(
+                    "select customer_id from services where id = $1 for update", service
+                )
+                if customer is None:
+                    raise Failure(f"no service with id {service}")
+                was = await request_refusal(conn, Limits.from_settings(settings), service, None)
+                if was is not None:
+                    await record_unlock(
+                        conn,
+                        service_id=service,
+                        customer_id=customer,
+                        workflow_id=workflow_id_for(service),
+                        by=f"operator:{who}",
+                        was=was,
+                        reason=reason,
+                    )
+        finally:
+            await conn.close()
+        if was is None:
+            out.print(f"service {service} is not locked: nothing to do")
+        else:
+            out.print(f"service {service} unlocked by {who} (it was {was.rejection_reason})")
+
+    _client_command(go)
+
+
+async def _db_value(settings: Settings, query: str, *args: object) -> Any:
+    """One value from the panel database, on a connection of its own (one-shot commands)."""
+    from bajas.db import connect
+
+    conn = await connect(settings.require_database_url())
+    try:
+        return await conn.fetchval(query, *args)
+    finally:
+        await conn.close()
+
+
+async def _customer_by_number(settings: Settings, number: str) -> int:
+    found = await _db_value(settings, "select id from customers where number = $1", number)
+    if found is None:
+        raise Failure(f"no customer with número de cliente {number!r}")
+    return int(found)
 
 
 @app.command()
@@ -217,10 +375,9 @@ def status(
 
 
 @app.command("set-password")
-def set_password(
-    customer: Annotated[int, typer.Option("--customer", help="customer id", min=1)],
-) -> None:
-    """Read a panel clave from standard input and store its argon2 hash."""
+def set_password(customer: CustomerOpt) -> None:
+    """Read a panel clave from standard input and store its argon2 hash; every panel
+    session of the customer ends."""
     from argon2 import PasswordHasher
 
     settings = _settings()
@@ -233,25 +390,31 @@ def set_password(
     hashed = PasswordHasher().hash(clave)
 
     async def go() -> None:
-        import asyncpg
+        from bajas.db import connect
+        from starter.api.sessions import CLAVE_CHANGED, end_all
 
-        conn = await asyncpg.connect(settings.require_database_url())
+        conn = await connect(settings.require_database_url())
         try:
-            updated = await conn.fetchval(
-                "update customers set password_hash = $2 where id = $1 returning number",
-                customer,
-                hashed,
-            )
+            async with conn.transaction():
+                updated = await conn.fetchval(
+                    "update customers set password_hash = $2 where id = $1 returning number",
+                    customer,
+                    hashed,
+                )
+                ended = await end_all(conn, customer, CLAVE_CHANGED)
         finally:
             await conn.close()
         if updated is None:
             raise Failure(f"no customer with id {customer}")
-        out.print(f"clave set for customer {customer} (número de cliente {updated})")
+        out.print(
+            f"clave set for customer {customer} (número de cliente {updated});"
+            f" panel sessions ended: {ended}"
+        )
 
     _client_command(go)
 
 
-def _client_command(go: Callable[[], Awaitable[None]]) -> None:
+def _client_command(go: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run a one-shot command and leave at once: a lingering client can abort at exit."""
     code = 0
     try:
@@ -260,20 +423,28 @@ def _client_command(go: Callable[[], Awaitable[None]]) -> None:
         code = _fail(str(err))
     except Exception as err:
         code = _fail(_describe(err))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    _leave(code)
 
 
 def _describe(err: Exception) -> str:
+    """One line for what went wrong after the start-up checks (a server lost mid-command,
+    a history encrypted under keys this process lacks)."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from bajas.codec import PayloadKeyError
+    from bajas.db import database_address
+    from bajas.temporal_client import connect_config
     from starter.client import CancellationError
 
-    if isinstance(err, CancellationError):
+    if isinstance(err, CancellationError | PayloadKeyError):
         return str(err)
+    if isinstance(err, RPCError) and err.status is RPCStatusCode.UNAVAILABLE:
+        return str(Unreachable("Temporal", connect_config()["target_host"], "TEMPORAL_ADDRESS"))
     if isinstance(err, OSError):
-        return f"cannot reach the server: {_first_line(err)}"
-    if "Connection refused" in str(err):
-        return "cannot reach the server: connection refused"
+        address = database_address(os.environ.get("DATABASE_URL", ""))
+        return str(Unreachable("PostgreSQL", address, "DATABASE_URL", _first_line(err)))
+    if "binary/encrypted" in str(err):
+        return "the history is encrypted: set PAYLOAD_KEYS to the workers' keys"
     name = type(err).__module__.split(".")[0]
     if name == "asyncpg":
         return f"database error: {_first_line(err)}"
@@ -328,11 +499,18 @@ def main() -> None:
     except typer.TyperException as err:  # bad usage: unknown command, bad option value
         sys.exit(_fail(_usage_message(err)) + 1)
     except (Failure, ConfigError) as err:
-        sys.exit(_fail(str(err)))
+        _leave(_fail(str(err)))
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as err:
-        sys.exit(_fail(_describe(err)))
+        _leave(_fail(_describe(err)))
+
+
+def _leave(code: int) -> None:
+    """Exit at once: a client connected before the failure can abort interpreter shutdown."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

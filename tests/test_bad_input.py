@@ -38,8 +38,9 @@ from bajas.models import (
 )
 from starter.client import CancellationError
 from tests.conftest import Stack
-from tests.stack import ServiceFixture, add_mailbox, code_in, mails_about, make_tree, tree_snapshot
-from tests.stack import wait_for as poll
+from tests.helpers import assert_eventually
+from tests.helpers.mail import code_in, mails_about
+from tests.helpers.panel import ServiceFixture, add_mailbox, make_tree, tree_snapshot
 from workflows.search_attributes import WORKFLOW_TYPE, workflow_id_for
 
 pytestmark = pytest.mark.integration
@@ -47,13 +48,10 @@ pytestmark = pytest.mark.integration
 TIMEOUT = 30.0
 
 
-async def wait_for(what: str, probe: Callable[[], Any], *, timeout: float = TIMEOUT) -> Any:
-    return await poll(what, probe, timeout=timeout)
-
-
 CODE_SUBJECT = "Código de confirmación"
 DONE_SUBJECT = "dado de baja"
-FAR = {"payment_method": "auto_debit"}  # expires 2099: billing would void and revoke
+# expires 2099: billing would void and revoke
+FAR: dict[str, Any] = {"payment_method": "auto_debit"}
 
 MALFORMED = {
     "letters": "abcdef",
@@ -85,7 +83,9 @@ def done_mails(stack: Stack, domain: str) -> list[Any]:
 async def request_and_code(stack: Stack, svc: ServiceFixture) -> tuple[str, str]:
     answer = await stack.cancellations.request(svc.service_id, svc.customer_id)
     assert answer.status.state is State.AWAITING_CONFIRMATION, answer.status
-    mails = await wait_for(f"the code mail for {svc.domain}", lambda: code_mails(stack, svc.domain))
+    mails = await assert_eventually(
+        lambda: code_mails(stack, svc.domain), f"the code mail for {svc.domain}"
+    )
     return answer.run_id, code_in(mails[0])
 
 
@@ -303,7 +303,7 @@ async def test_messages_after_the_cancellation_ended_are_refused(stack: Stack) -
     await handle.signal("withdraw", WithdrawInput(reason="demasiado tarde"))
     result = await result_of(stack, svc.service_id)
     assert result.state is State.CANCELLED
-    await wait_for("the 'dado de baja' mail", lambda: done_mails(stack, svc.domain))
+    await assert_eventually(lambda: done_mails(stack, svc.domain), "the 'dado de baja' mail")
 
     after = await panel_rows(stack, svc.service_id)
     assert_billing_closed(after)
@@ -363,9 +363,9 @@ async def test_messages_during_deprovisioning_are_refused(stack: Stack, tmp_path
     try:
         _, code = await request_and_code(stack, svc)
         assert (await stack.cancellations.confirm(svc.service_id, code)).accepted
-        await wait_for(
-            "the files step refused",
+        await assert_eventually(
             lambda: _step_is(stack, svc.service_id, "files", StepStatus.REFUSED),
+            "the files step refused",
         )
         before = await snapshot(stack, svc)
         events = await audit_events(stack, svc.service_id)
@@ -475,7 +475,7 @@ async def test_started_by_hand_with_an_impossible_id(
 # ---- unsafe paths --------------------------------------------------------------------------
 
 # (step, case, words the refusal's detail must contain)
-PATH_CASES = [
+PATH_CASES: list[Any] = [
     (FILES, "slash", "not strictly inside"),
     (FILES, "root_itself", "not strictly inside"),
     (FILES, "root_itself_dot", "not strictly inside"),
@@ -701,11 +701,11 @@ async def test_unsafe_path_is_refused_then_retried(
     try:
         run_id, code = await request_and_code(stack, svc)
         assert (await stack.cancellations.confirm(svc.service_id, code)).accepted
-        status = await wait_for(
-            f"the {step} step refused",
+        status = await assert_eventually(
             lambda: _status_if(
                 stack, svc.service_id, lambda s: getattr(s.steps, step).status is StepStatus.REFUSED
             ),
+            f"the {step} step refused",
         )
         detail = getattr(status.steps, step).detail or ""
         assert words in detail, detail

@@ -26,7 +26,10 @@ from temporalio.service import RPCError
 
 from bajas.models import MAX_WRONG_CODES, State
 from tests.conftest import Stack
-from tests.stack import code_in, free_port, mails_about, tree_snapshot
+from tests.helpers import assert_eventually, free_port
+from tests.helpers.mail import code_in, mails_about
+from tests.helpers.panel import tree_snapshot
+from tests.helpers.processes import clean_env
 
 pytestmark = pytest.mark.integration
 
@@ -52,23 +55,18 @@ def _command() -> list[str]:
 
 def stack_env(stack: Stack, **overrides: str) -> dict[str, str]:
     """A clean environment pointing at the session stack, plus `overrides`."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("TEMPORAL_", "BAJAS_", "PANEL_"))
-        and k not in ("DATABASE_URL", "HOSTING_ROOT", "MAIL_ROOT")
-    }
-    env.update(
-        TEMPORAL_ADDRESS=stack.client.service_client.config.target_host,
-        TEMPORAL_NAMESPACE=stack.client.namespace,
-        TEMPORAL_TASK_QUEUE=stack.settings.temporal_task_queue,
-        DATABASE_URL=stack.settings.database_url or "",
-        COLUMNS="200",
-        NO_COLOR="1",
-        TERM="dumb",
+    return clean_env(
+        dict(
+            TEMPORAL_ADDRESS=stack.client.service_client.config.target_host,
+            TEMPORAL_NAMESPACE=stack.client.namespace,
+            TEMPORAL_TASK_QUEUE=stack.settings.temporal_task_queue,
+            DATABASE_URL=stack.settings.database_url or "",
+            COLUMNS="200",
+            NO_COLOR="1",
+            TERM="dumb",
+        )
+        | overrides
     )
-    env.update(overrides)
-    return env
 
 
 async def bajas(
@@ -111,12 +109,8 @@ def code_mails(stack: Stack, domain: str) -> list[Any]:
 
 
 async def wait_code(stack: Stack, domain: str) -> str:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + TIMEOUT
-    while not code_mails(stack, domain):
-        assert loop.time() < deadline, f"no code mail for {domain}"
-        await asyncio.sleep(0.1)
-    return code_in(code_mails(stack, domain)[0])
+    mails = await assert_eventually(lambda: code_mails(stack, domain), f"a code mail for {domain}")
+    return code_in(mails[0])
 
 
 async def terminate(stack: Stack, service_id: int) -> None:
@@ -159,6 +153,27 @@ def unknown_id() -> int:
         pytest.param(("status", "--service", "0"), ("--service",), id="status_zero"),
         pytest.param(("confirm", "--service", "1"), ("--code",), id="confirm_without_code"),
         pytest.param(("request", "--service", "1"), ("--customer",), id="request_no_customer"),
+        pytest.param(
+            ("request", "--customer", "1", "--customer-number", "C1", "--service", "1"),
+            ("exactly one of --customer", "--customer-number"),
+            id="request_both_customers",
+        ),
+        pytest.param(("status", "--service", "102.0"), ("--service", "102.0"), id="float"),
+        pytest.param(("status", "--service", " 102"), ("--service", "plain"), id="blank"),
+        pytest.param(("status", "--service", "+102"), ("--service", "plain"), id="sign"),
+        pytest.param(("withdraw", "--service", "1_02"), ("--service", "plain"), id="underscore"),
+        pytest.param(
+            ("confirm", "--service", "1e2", "--code", "123456"), ("--service",), id="exponent"
+        ),
+        pytest.param(
+            ("request", "--customer", "7.0", "--service", "1"), ("--customer",), id="customer_float"
+        ),
+        pytest.param(
+            ("set-password", "--customer", "0x7"), ("--customer", "plain"), id="set_password_hex"
+        ),
+        pytest.param(
+            ("status", "--service", str(2**63)), ("--service", str(2**63)), id="beyond_bigint"
+        ),
         pytest.param(("status",), ("--service",), id="status_no_service"),
         pytest.param(("bajar", "--service", "1"), ("bajar",), id="unknown_command"),
         pytest.param(
@@ -231,7 +246,10 @@ async def test_request_for_another_customers_service(stack: Stack) -> None:
         run = await bajas(
             stack, "request", "--customer", str(stranger), "--service", str(svc.service_id)
         )
-        assert_one_error_line(run, 1, str(svc.service_id), "not the customer's service")
+        # the error says why a number copied from the panel does not work here
+        assert_one_error_line(
+            run, 1, str(svc.service_id), "not the customer's service", "--customer-number"
+        )
         await asyncio.sleep(0.3)
         assert await service_rows(stack, svc.service_id) == before
         assert svc.document_root is not None and tree_snapshot(svc.document_root) == files
@@ -245,6 +263,52 @@ async def test_request_for_an_unknown_service(stack: Stack) -> None:
     sid = unknown_id()
     run = await bajas(stack, "request", "--customer", str(cid), "--service", str(sid))
     assert_one_error_line(run, 1, str(sid), "unknown service")
+
+
+async def test_an_id_with_a_decimal_point_starts_nothing(stack: Stack) -> None:
+    """`--service 102.0` once meant 102 and started a real cancellation."""
+    svc = await stack.panel.service()
+    run = await bajas(
+        stack, "request", "--customer", str(svc.customer_id), "--service", f"{svc.service_id}.0"
+    )
+    assert_one_error_line(run, 2, "--service", "plain integers")
+    await asyncio.sleep(0.3)
+    assert (
+        await stack.pool.fetchval(
+            "select count(*) from bajas.cancellation_requests where service_id = $1", svc.service_id
+        )
+        == 0
+    )
+    assert mails_about(stack.mail, svc.domain) == []
+
+
+async def test_request_by_the_customer_number_the_panel_shows(stack: Stack) -> None:
+    svc = await stack.panel.service(mailboxes=0)
+    number = await stack.pool.fetchval(
+        "select number from customers where id = $1", svc.customer_id
+    )
+    assert number != str(svc.customer_id)  # the panel's number is not the id
+    try:
+        run = await bajas(
+            stack, "request", "--customer-number", number, "--service", str(svc.service_id)
+        )
+        assert run.code == 0, run
+        assert "awaiting_confirmation" in run.out and run.err == "", run
+        status = await stack.cancellations.status(svc.service_id)
+        assert status.customer_id == svc.customer_id
+        await wait_code(stack, svc.domain)
+    finally:
+        await terminate(stack, svc.service_id)
+
+    run = await bajas(
+        stack, "request", "--customer-number", "no-such-number", "--service", str(svc.service_id)
+    )
+    assert_one_error_line(run, 1, "no customer with número de cliente", "no-such-number")
+    stranger, _ = await stack.panel.customer()
+    run = await bajas(
+        stack, "request", "--customer-number", f"C{stranger}", "--service", str(svc.service_id)
+    )
+    assert_one_error_line(run, 1, f"customer number C{stranger}", "not the customer's service")
 
 
 # ---- the whole life through the CLI ----------------------------------------------------------
@@ -427,3 +491,38 @@ async def test_database_url_missing(stack: Stack) -> None:
     out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
     run = Run(("migrate",), proc.returncode or 0, out.decode(), err.decode())
     assert_one_error_line(run, 1, "DATABASE_URL")
+
+
+# ---- the wrappers that need no activated .venv -------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def _script(path: Path, *args: str) -> Run:
+    proc = await asyncio.create_subprocess_exec(
+        str(path),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp")},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+    return Run((path.name, *args), proc.returncode or 0, out.decode(), err.decode())
+
+
+async def test_scripts_run_bajas_and_temporal_from_the_venv(tmp_path: Path) -> None:
+    """`./scripts/bajas` and `./scripts/temporal` work from a shell where neither is on PATH."""
+    assert (ROOT / ".venv" / "bin" / "bajas").exists(), "install bajas into .venv first"
+    run = await _script(ROOT / "scripts" / "bajas", "request", "--help")
+    assert run.code == 0 and "--customer-number" in run.out, run
+    run = await _script(ROOT / "scripts" / "bajas", "status", "--service", "102.0")
+    assert_one_error_line(run, 2, "--service")
+    run = await _script(ROOT / "scripts" / "temporal", "--version")
+    assert run.code == 0 and run.out.startswith("temporal version"), run
+    # a checkout without .venv: one line that says what to do
+    (tmp_path / "scripts").mkdir()
+    copy = tmp_path / "scripts" / "bajas"
+    copy.write_bytes((ROOT / "scripts" / "bajas").read_bytes())
+    copy.chmod(0o755)
+    run = await _script(copy, "status", "--service", "1")
+    assert_one_error_line(run, 1, ".venv/bin/bajas not found", "./scripts/dev")

@@ -1,6 +1,6 @@
 """Fault tests: real processes broken for real, and the cancellation still right.
 
-Everything here is this module's own (tests/processes.py): an embedded PostgreSQL, a
+Everything here is this module's own (tests/helpers/processes.py): an embedded PostgreSQL, a
 Temporal dev server, an SMTP sink, `python worker.py` subprocesses on task queues of
 their own, and the hosting and mail roots. The session stack of tests/conftest.py is
 not used, so nothing broken here reaches other test files.
@@ -22,7 +22,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -32,14 +32,9 @@ import asyncpg
 import pytest
 import pytest_asyncio
 from temporalio.api.enums.v1 import EventType
-from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
-from temporalio.client import (
-    Client,
-)
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.client import Client
 
 from activities.mail import local_text
-from bajas.db import create_pool, migrate
 from bajas.dev.mailsink import MailSink, SunkMessage, start_sink
 from bajas.models import (
     BillingOutcome,
@@ -49,17 +44,21 @@ from bajas.models import (
     StepStatus,
 )
 from starter.client import CancellationClient, CancellationNotFound
-from tests.processes import Postgres, TemporalDevServer, WorkerProcess, port_open, running_worker
-from tests.stack import Panel, ServiceFixture, code_in, free_port, mails_about, tree_files
-from tests.stack import wait_for as poll
+from tests.helpers import assert_eventually, free_port, port_open
+from tests.helpers.mail import code_in, mails_about
+from tests.helpers.panel import Panel, ServiceFixture, make_tree, tree_files
+from tests.helpers.processes import (
+    Postgres,
+    TemporalDevServer,
+    WorkerProcess,
+    migrated_pool,
+    running_worker,
+)
+from tests.helpers.temporal import connect
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 60.0
-
-
-async def wait_for(what: str, probe: Callable[[], Any], *, timeout: float = TIMEOUT) -> Any:
-    return await poll(what, probe, timeout=timeout)
 
 
 CODE_SUBJECT = "Código de confirmación"
@@ -123,22 +122,6 @@ class World:
         return CancellationClient(client or self.client, str(env["TEMPORAL_TASK_QUEUE"]))
 
 
-async def connect(address: str, timeout: float = 30.0) -> Client:
-    """A client once the server answers for the default namespace."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            client = await Client.connect(address, data_converter=pydantic_data_converter)
-            await client.workflow_service.describe_namespace(
-                DescribeNamespaceRequest(namespace="default")
-            )
-            return client
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
-
-
 @pytest_asyncio.fixture(scope="module")
 async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
     logs = tmp_path_factory.mktemp("faults-logs")
@@ -158,14 +141,11 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
         # when tests run as root) could then no longer reach its data on a restart.
         pg_base = Path(tempfile.mkdtemp(prefix="bajas-faults-pg-"))
         pg = await asyncio.to_thread(Postgres, pg_base / "data")
-        conn = await asyncpg.connect(pg.url)
-        await migrate(conn)
-        await conn.close()
-        pool = await create_pool(pg.url, max_size=5)
+        pool = await migrated_pool(pg.url, max_size=5)
         mail = MailSink()
         mail_port = free_port()
         controller = start_sink(mail, port=mail_port)
-        await asyncio.to_thread(temporal.start_listening)
+        await temporal.start_listening()
         client = await connect(temporal.address)
         print(f"roots in {base} ({'tmpfs' if on_tmpfs else 'disk'}), logs in {logs}")
         yield World(
@@ -197,34 +177,22 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
 # ---- helpers ---------------------------------------------------------------------------------
 
 
-def build_tree(root: Path, files: int, per_dir: int = 100) -> None:
-    """`files` small files in folders of `per_dir` (tests.stack.make_tree, but faster)."""
-    root.mkdir(parents=True, exist_ok=True)
-    for d in range((files + per_dir - 1) // per_dir):
-        folder = root / f"d{d:04d}"
-        folder.mkdir()
-        for n in range(d * per_dir, min(files, (d + 1) * per_dir)):
-            fd = os.open(folder / f"f{n:06d}.html", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            os.write(fd, b"<p>hola</p>")
-            os.close(fd)
-
-
 def mails(sink: MailSink, svc: ServiceFixture, subject: str) -> list[SunkMessage]:
     return [m for m in mails_about(sink, svc.domain) if subject in m.subject]
 
 
 async def code_mail(sink: MailSink, svc: ServiceFixture, timeout: float = TIMEOUT) -> SunkMessage:
-    found = await wait_for(
-        f"the code mail for {svc.domain}",
-        lambda: mails(sink, svc, CODE_SUBJECT),
-        timeout=timeout,
+    found = await assert_eventually(
+        lambda: mails(sink, svc, CODE_SUBJECT), f"the code mail for {svc.domain}", timeout=timeout
     )
     return found[0]
 
 
 async def exactly_one_mail(sink: MailSink, svc: ServiceFixture, subject: str) -> SunkMessage:
     """Wait for the mail, then give a duplicate time to show up."""
-    await wait_for(f"{subject!r} for {svc.domain}", lambda: mails(sink, svc, subject))
+    await assert_eventually(
+        lambda: mails(sink, svc, subject), f"{subject!r} for {svc.domain}", timeout=TIMEOUT
+    )
     await asyncio.sleep(1.0)
     found = mails(sink, svc, subject)
     assert len(found) == 1, [(m.subject, m.received_at) for m in found]
@@ -352,7 +320,7 @@ async def test_worker_killed_while_deleting_resumes_the_files_step(world: World)
     root = svc.document_root
     assert root is not None
     started = time.monotonic()
-    await asyncio.to_thread(build_tree, root, n)
+    await asyncio.to_thread(make_tree, root, n)
     built = time.monotonic() - started
     assert tree_files(root) == n
     folders = len(os.listdir(root))
@@ -362,7 +330,7 @@ async def test_worker_killed_while_deleting_resumes_the_files_step(world: World)
     first = WorkerProcess(env, world.logs / "worker-killed.log", "first worker")
     second = WorkerProcess(env, world.logs / "worker-killed.log", "second worker")
     try:
-        await asyncio.to_thread(first.start_ready)
+        await first.start_ready()
         answer = await cc.request(svc.service_id, svc.customer_id)
         assert answer.status.state is State.AWAITING_CONFIRMATION and answer.status.code_sent
         code = code_in(await code_mail(world.mail, svc))
@@ -393,7 +361,7 @@ async def test_worker_killed_while_deleting_resumes_the_files_step(world: World)
         await asyncio.sleep(0.5)
         assert tree_files(root) == remaining, "something still deletes after the kill"
 
-        await asyncio.to_thread(second.start_ready)
+        await second.start_ready()
         result = await result_of(cc, svc.service_id)
         finished = time.monotonic()
         status = await cc.status(svc.service_id)  # a query needs a worker
@@ -437,7 +405,7 @@ async def first_status(cc: CancellationClient, service_id: int) -> CancellationS
         except CancellationNotFound:
             return None
 
-    return await wait_for(f"the cancellation of service {service_id}", probe, timeout=30)
+    return await assert_eventually(probe, f"the cancellation of service {service_id}", timeout=30)
 
 
 async def test_code_mail_waits_for_the_smtp_server(world: World) -> None:
@@ -448,7 +416,7 @@ async def test_code_mail_waits_for_the_smtp_server(world: World) -> None:
     svc = await new_service(world)
     sink = MailSink()
     controller = None
-    with running_worker(env, world.logs / "worker-smtp.log"):
+    async with running_worker(env, world.logs / "worker-smtp.log"):
         # A long `wait`: the request answers once the mail has left (a short one answers
         # with the state as it stands: test_request_answers_after_wait_while_smtp_is_down).
         requesting = asyncio.create_task(
@@ -522,7 +490,7 @@ async def test_request_answers_after_wait_while_smtp_is_down(world: World) -> No
     cc = world.cancellations(env)
     svc = await new_service(world)
     # the code's activity keeps retrying: no graceful drain to wait for
-    with running_worker(env, world.logs / "worker-smtp-down.log", stop_timeout=1):
+    async with running_worker(env, world.logs / "worker-smtp-down.log", stop_timeout=1):
         answer = await cc.request(svc.service_id, svc.customer_id, wait=timedelta(seconds=2))
         assert answer.status.state is State.AWAITING_CONFIRMATION
         assert answer.status.code_sent is False
@@ -536,11 +504,11 @@ async def test_postgres_restarted_during_deprovisioning(world: World) -> None:
     files = 20_000 if world.big_tree > 40_000 else 5_000
     svc = await new_service(world, files=0)
     assert svc.document_root is not None
-    await asyncio.to_thread(build_tree, svc.document_root, files)
+    await asyncio.to_thread(make_tree, svc.document_root, files)
     env = world.worker_env()
     cc = world.cancellations(env)
     pid_before = world.pg.pid
-    with running_worker(env, world.logs / "worker-pg.log"):
+    async with running_worker(env, world.logs / "worker-pg.log"):
         try:
             answer = await cc.request(svc.service_id, svc.customer_id)
             assert answer.status.code_sent
@@ -590,10 +558,10 @@ async def test_temporal_restarted_while_awaiting_confirmation(world: World, tmp_
         db_file=tmp_path / "temporal.db",
     )
     try:
-        await asyncio.to_thread(server.start_listening)
+        await server.start_listening()
         client = await connect(server.address)
         env = world.worker_env(TEMPORAL_ADDRESS=server.address)
-        with running_worker(env, world.logs / "worker-temporal.log") as worker:
+        async with running_worker(env, world.logs / "worker-temporal.log") as worker:
             cc = world.cancellations(env, client)
             services = [await new_service(world) for _ in range(3)]
             runs: dict[int, str] = {}
@@ -609,7 +577,7 @@ async def test_temporal_restarted_while_awaiting_confirmation(world: World, tmp_
             exit_code = await asyncio.to_thread(server.stop)
             assert not server.alive() and not port_open(server.port), exit_code
             await asyncio.sleep(1.0)
-            await asyncio.to_thread(server.start_listening)
+            await server.start_listening()
             client = await connect(server.address)
             up = time.monotonic()
             cc = world.cancellations(env, client)

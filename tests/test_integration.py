@@ -34,28 +34,21 @@ from bajas.models import (
     StepStatus,
 )
 from starter.client import CancellationNotFound
-from tests.stack import (
+from tests.helpers import assert_eventually
+from tests.helpers.mail import code_in, mails_about
+from tests.helpers.panel import (
     ServiceFixture,
     add_invoice,
     add_mailbox,
     add_mandate,
-    code_in,
-    mails_about,
     make_tree,
     tree_files,
     tree_snapshot,
-)
-from tests.stack import (
-    wait_for as poll,
 )
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 30.0
-
-
-async def wait_for(what: str, probe: Callable[[], Any], *, timeout: float = TIMEOUT) -> Any:
-    return await poll(what, probe, timeout=timeout)
 
 
 CODE_SUBJECT = "Código de confirmación"
@@ -121,9 +114,9 @@ def done_mails(stack: Any, domain: str) -> list[SunkMessage]:
 
 
 async def wait_code_mail(stack: Any, svc: ServiceFixture, count: int = 1) -> SunkMessage:
-    mails = await wait_for(
-        f"{count} code mail(s) for {svc.domain}",
+    mails = await assert_eventually(
         lambda: (lambda ms: ms if len(ms) >= count else None)(code_mails(stack, svc.domain)),
+        f"{count} code mail(s) for {svc.domain}",
     )
     return mails[count - 1]
 
@@ -135,7 +128,7 @@ async def wait_status(
         status = await stack.cancellations.status(service_id)
         return status if pred(status) else None
 
-    return await wait_for(what, probe)
+    return await assert_eventually(probe, what)
 
 
 async def result_of(stack: Any, service_id: int) -> CancellationResult:
@@ -340,7 +333,7 @@ async def test_happy_path(
         assert not maildir.exists()
 
     # the "dado de baja" mail, exactly once
-    await wait_for("the dado de baja mail", lambda: done_mails(stack, svc.domain))
+    await assert_eventually(lambda: done_mails(stack, svc.domain), "the dado de baja mail")
     await asyncio.sleep(0.5)
     done = done_mails(stack, svc.domain)
     assert len(done) == 1, [m.subject for m in done]

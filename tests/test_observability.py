@@ -14,7 +14,8 @@ from typing import Any
 from bajas.models import State
 from starter.client import CancellationClient
 from tests.conftest import Stack
-from tests.stack import code_in, free_port, mails_about
+from tests.helpers import free_port
+from tests.helpers.mail import code_in, mails_about
 from tests.test_cli import stack_env
 
 ACTIVITIES = {

@@ -7,12 +7,14 @@ are saved there for the README; otherwise into a temporary folder.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -25,16 +27,20 @@ from tests.conftest_api import (  # noqa: F401 - fixtures
     api_settings,
     app,
     server,
+    wait_for_mails,
     wrong,
 )
-from tests.stack import ServiceFixture
+from tests.helpers.mail import CODE_RE, code_in
+from tests.helpers.panel import ServiceFixture
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, BrowserContext, Page
 
 pytestmark = [pytest.mark.integration]
 
 SCREENSHOTS = Path(os.environ.get("BAJAS_SCREENSHOTS") or tempfile.mkdtemp(prefix="bajas-shots-"))
 CHROMIUM = "/usr/bin/chromium"
 CLAVE = "una clave larga 123"
-CODE_RE = re.compile(r"es: (\d{6})")
 
 browser_needed = pytest.mark.skipif(
     shutil.which(CHROMIUM) is None, reason="needs Debian's chromium (apt-get install chromium)"
@@ -49,7 +55,7 @@ async def customer_with_clave(stack: Stack) -> tuple[int, str, str]:
 
 
 @pytest_asyncio.fixture(scope="session")
-async def browser() -> AsyncIterator[object]:
+async def browser() -> AsyncIterator[Browser]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
@@ -69,21 +75,21 @@ async def browser() -> AsyncIterator[object]:
         await b.close()
 
 
-async def new_page(browser, server: Server):  # type: ignore[no-untyped-def]  # noqa: F811
+async def new_page(browser: Browser, server: Server) -> tuple[BrowserContext, Page]:  # noqa: F811
     context = await browser.new_context(
         base_url=server.url, viewport={"width": 1000, "height": 720}, locale="es-AR"
     )
     return context, await context.new_page()
 
 
-async def sign_in(page, number: str, clave: str = CLAVE) -> None:  # type: ignore[no-untyped-def]
+async def sign_in(page: Page, number: str, clave: str = CLAVE) -> None:
     await page.goto("/panel/")
     await page.get_by_label("Número de cliente").fill(number)
     await page.get_by_label("Clave").fill(clave)
     await page.get_by_role("button", name="Ingresar").click()
 
 
-async def shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+async def shot(page: Page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
@@ -92,7 +98,7 @@ async def shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
 async def test_cancel_a_service_in_the_browser(
     stack: Stack,
     server: Server,  # noqa: F811
-    browser,  # type: ignore[no-untyped-def]
+    browser: Browser,
 ) -> None:
     cid, number, email = await customer_with_clave(stack)
     svc: ServiceFixture = await stack.panel.service((cid, email), files=2500, mailboxes=2)
@@ -131,13 +137,21 @@ async def test_cancel_a_service_in_the_browser(
     await page.get_by_label("Código de confirmación").wait_for()
     text = await page.inner_text("main")
     assert "baja pendiente de confirmación" in text
-    assert email in text
+    assert "Le enviamos un código de confirmación por correo" in text
     await page.get_by_role("button", name="Reenviar código").wait_for()
     await page.get_by_role("button", name="Desistir").wait_for()
+    # Next to the red button, what confirming deletes, said again.
+    code_form = await page.inner_text("form.code-form")
+    assert "sin posibilidad de recuperarlo" in code_form
+    assert f"buzon0@{svc.domain}" in code_form and f"buzon1@{svc.domain}" in code_form
+    assert "2 buzones" in code_form
 
     # The code, read where a person trying the demo reads it: the dev mail viewer.
     await page.get_by_role("link", name="Correo recibido (solo desarrollo)").click()
     await page.get_by_role("heading", name="Correo recibido").wait_for()
+    # Times to the second: three codes for one domain can be told apart.
+    received = await page.locator("table.mail tbody tr td").first.inner_text()
+    assert re.search(r"\d{2}:\d{2}:\d{2}", received), received
     await shot(page, "06-mail-viewer")
     await page.get_by_role(
         "link", name=f"Código de confirmación para la baja de {svc.domain}"
@@ -153,7 +167,8 @@ async def test_cancel_a_service_in_the_browser(
     await page.get_by_label("Código de confirmación").fill(wrong(code))
     await page.get_by_role("button", name="Confirmar baja del servicio").click()
     await page.get_by_text("intentos restantes").first.wait_for()
-    assert "4 intentos restantes" in await page.inner_text("main")
+    flashed = await page.inner_text("main .flash")
+    assert "intentos restantes: 4" in flashed and "quedan" not in flashed.lower()
     await shot(page, "04-confirm-wrong-code")
 
     # The right code: the cancellation runs, then the service is "dado de baja".
@@ -168,6 +183,8 @@ async def test_cancel_a_service_in_the_browser(
         await page.wait_for_timeout(300)
         await page.reload()
     assert state == "dado de baja"
+    done = await page.inner_text(f"#servicio-{svc.service_id}")
+    assert "2 buzones de correo" in done and "buzónes" not in done
     await shot(page, "05-done")
     await page.goto("/panel/")
     assert await page.inner_text(f"#servicio-{svc.service_id} .state") == "dado de baja"
@@ -190,6 +207,9 @@ async def test_cancel_a_service_in_the_browser(
         assert response is not None and response.status == 404, path
         assert "No encontrado" in await page2.inner_text("main")
         assert other.domain not in await page2.content()
+        # still signed in, and the header says so
+        assert f"cliente {stranger_number}" in await page2.inner_text("header.top")
+        await page2.get_by_role("button", name="Salir").wait_for()
     await shot(page2, "08-not-found")
     # Posting to the other's service with a valid form of its own session: 404, nothing started.
     await page2.goto("/panel/")
@@ -222,6 +242,11 @@ async def test_cancel_a_service_in_the_browser(
 async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:  # noqa: F811
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
         yield client
+
+
+def flashes_of(html: str) -> list[tuple[str, str]]:
+    """(kind, text) of each message on the page, in order."""
+    return re.findall(r'<p class="flash (\w+)" role="status">(.*?)</p>', html, re.S)
 
 
 def csrf_of(html: str) -> str:
@@ -322,7 +347,8 @@ async def test_resend_and_withdraw_forms(http: httpx.AsyncClient, stack: Stack) 
 
     r = await http.post(page + "/baja", data={"csrf_token": token}, follow_redirects=True)
     assert "baja pendiente de confirmación" in r.text
-    assert f"Le enviamos un código de confirmación a {email}" in r.text
+    # The message lives in the readable cookie until shown: no e-mail address in it.
+    assert "Le enviamos un código de confirmación por correo" in r.text
     # A malformed code is refused on the spot, without spending an attempt.
     r = await http.post(
         page + "/confirmar", data={"csrf_token": token, "codigo": "12"}, follow_redirects=True
@@ -342,3 +368,56 @@ async def test_resend_and_withdraw_forms(http: httpx.AsyncClient, stack: Stack) 
 
     r = await http.post(page + "/desistir", data={"csrf_token": token}, follow_redirects=True)
     assert "Ya no se puede desistir" in r.text
+
+
+async def test_a_stale_tab_confirming_again_is_told_calmly(
+    http: httpx.AsyncClient, stack: Stack
+) -> None:
+    """The second "Confirmar" from a tab left open finds the service "dado de baja": the
+    page says so in the card's own terms, and the card no longer claims automatic debit."""
+    cid, number, email = await customer_with_clave(stack)
+    svc = await stack.panel.service((cid, email), payment_method="auto_debit", files=3)
+    await http_sign_in(http, number)
+    page = f"/panel/servicios/{svc.service_id}"
+    before = await http.get(page)
+    assert "débito automático" in before.text and "revocado" not in before.text
+    token = csrf_of(before.text)
+
+    await http.post(page + "/baja", data={"csrf_token": token})
+    code = code_in((await wait_for_mails(stack, svc.domain, 1))[0])
+    form = {"csrf_token": token, "codigo": code}
+    r = await http.post(page + "/confirmar", data=form, follow_redirects=True)
+    # Both messages, the request's (not shown yet: its redirect was not followed) and this one.
+    flashes = flashes_of(r.text)
+    assert [kind for kind, _ in flashes] == ["ok", "ok"], flashes
+    assert flashes[1][1].startswith("Baja confirmada."), flashes
+    result = await asyncio.wait_for(stack.cancellations.result(svc.service_id), 60)
+    assert result.state.value == "cancelled"
+
+    r = await http.post(page + "/confirmar", data=form, follow_redirects=True)
+    assert r.status_code == 200
+    assert flashes_of(r.text) == [
+        ("info", "Esta baja ya estaba confirmada: el servicio está dado de baja.")
+    ]
+    assert '<span class="state cancelled">dado de baja</span>' in r.text
+    mandate = await stack.pool.fetchval(
+        "select status from debit_mandates where service_id = $1", svc.service_id
+    )
+    assert mandate == "revoked"
+    meta = re.search(r'<p class="meta">(.*?)</p>', r.text, re.S)
+    assert meta and "débito automático revocado" in meta.group(1), r.text
+    assert "2 buzones de correo" in r.text and "buzónes" not in r.text
+
+
+async def test_not_found_page_keeps_the_signed_in_header(
+    http: httpx.AsyncClient, stack: Stack
+) -> None:
+    _, number, _ = await customer_with_clave(stack)
+    r = await http.get("/panel/no-such-page")
+    assert r.status_code == 404 and "Salir" not in r.text  # signed out: no header to keep
+    await http_sign_in(http, number)
+    for path in ("/panel/servicios/999999999999", "/panel/servicios/abc", "/panel/no-such-page"):
+        r = await http.get(path)
+        assert r.status_code == 404, path
+        assert "No encontrado" in r.text
+        assert f"cliente {number}" in r.text and "Salir" in r.text, path

@@ -11,7 +11,6 @@ next timer it still holds, stale ones included): dates are derived from
 from __future__ import annotations
 
 import asyncio
-import itertools
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -21,16 +20,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import pytest_asyncio
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import WorkflowHandle, WorkflowQueryFailedError, WorkflowUpdateFailedError
-from temporalio.common import SearchAttributeIndexedValueType
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from bajas.dev.binaries import find_binary
 from bajas.models import (
     MAX_RESENDS,
     MAX_WRONG_CODES,
@@ -54,6 +48,7 @@ from bajas.models import (
 )
 from tests import fakes
 from tests.fakes import FakeActivities, accepted_check, code_for
+from tests.helpers import assert_eventually, new_id
 from workflows import rules
 from workflows.cancellation import ServiceCancellation
 from workflows.sandbox import workflow_runner
@@ -71,68 +66,6 @@ from workflows.search_attributes import (
 BUSINESS_TZ = "America/Argentina/Buenos_Aires"
 CUSTOMER = 7
 WINDOW = timedelta(seconds=86400)
-_ids = itertools.count(1)
-
-_INDEXED = {
-    SearchAttributeIndexedValueType.KEYWORD: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-    SearchAttributeIndexedValueType.BOOL: IndexedValueType.INDEXED_VALUE_TYPE_BOOL,
-}
-
-
-async def start_server() -> WorkflowEnvironment:
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=find_binary("temporal-test-server"),
-        data_converter=pydantic_data_converter,
-    )
-    # Unregistered, every upsert fails the workflow task ("search attribute
-    # ServiceId is not defined") and the workflow hangs. The test server has no
-    # ListSearchAttributes, but AddSearchAttributes works.
-    await env.client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace=env.client.namespace,
-            search_attributes={k.name: _INDEXED[k.indexed_value_type] for k in SEARCH_ATTRIBUTES},
-        )
-    )
-    return env
-
-
-class SharedServer:
-    """One time-skipping server for the session, replaced if a failed test broke its clock.
-
-    A test that ends while its run still has an activity in flight (a failed
-    assertion mid-deprovisioning) leaves the test server unable to skip time ever
-    again; without a new server every later test would fail with a timeout.
-    """
-
-    def __init__(self) -> None:
-        self.env: WorkflowEnvironment | None = None
-
-    async def get(self) -> WorkflowEnvironment:
-        if self.env is not None and not await self._skips_time(self.env):
-            await self.env.shutdown()
-            self.env = None
-        if self.env is None:
-            self.env = await start_server()
-        return self.env
-
-    @staticmethod
-    async def _skips_time(env: WorkflowEnvironment) -> bool:
-        try:
-            await asyncio.wait_for(env.sleep(timedelta(minutes=1)), timeout=5)
-        except TimeoutError:
-            return False
-        return True
-
-    async def shutdown(self) -> None:
-        if self.env is not None:
-            await self.env.shutdown()
-
-
-@pytest_asyncio.fixture(scope="session")
-async def server() -> AsyncIterator[SharedServer]:
-    server = SharedServer()
-    yield server
-    await server.shutdown()
 
 
 @dataclass
@@ -158,11 +91,8 @@ class Harness:
 
 
 @pytest_asyncio.fixture
-async def h(server: SharedServer) -> AsyncIterator[Harness]:
-    env = await server.get()
-    harness = Harness(
-        env, FakeActivities(clock=env.get_current_time), str(uuid.uuid4()), next(_ids)
-    )
+async def h(env: WorkflowEnvironment) -> AsyncIterator[Harness]:
+    harness = Harness(env, FakeActivities(clock=env.get_current_time), str(uuid.uuid4()), new_id())
     async with Worker(
         env.client,
         task_queue=harness.task_queue,
@@ -199,19 +129,19 @@ async def wait_status(
     timeout: float = 10,
 ) -> CancellationStatus:
     """Poll the `status` query (in real time, so no time skips meanwhile)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: CancellationStatus | None = None
-    while True:
-        try:
-            last = await status(handle)
-            if pred(last):
-                return last
-        except (RPCError, WorkflowQueryFailedError):
-            pass  # the first workflow task has not run yet
-        if loop.time() > deadline:
-            raise AssertionError(f"status never matched; last: {last}")
-        await asyncio.sleep(0.05)
+
+    async def matched() -> CancellationStatus | None:
+        current = await status(handle)
+        return current if pred(current) else None
+
+    # RPCError, WorkflowQueryFailedError: the first workflow task has not run yet
+    return await assert_eventually(
+        matched,
+        "the status",
+        timeout=timeout,
+        interval=0.05,
+        retry=(RPCError, WorkflowQueryFailedError),
+    )
 
 
 async def code_sent(handle: WorkflowHandle[Any, Any]) -> CancellationStatus:
@@ -220,6 +150,10 @@ async def code_sent(handle: WorkflowHandle[Any, Any]) -> CancellationStatus:
 
 async def confirm_code(handle: WorkflowHandle[Any, Any], code: str) -> Any:
     return await handle.execute_update(ServiceCancellation.confirm_code, ConfirmInput(code=code))
+
+
+async def resend_code(handle: WorkflowHandle[Any, Any]) -> Any:
+    return await handle.execute_update(ServiceCancellation.resend_code, ResendInput())
 
 
 async def search_attributes(handle: WorkflowHandle[Any, Any]) -> dict[str, Any]:
@@ -363,6 +297,7 @@ async def test_confirm_code_update_accepts_right_code(h: Harness) -> None:
 # ---- the confirmation window ------------------------------------------------------
 
 
+@pytest.mark.time_skipping
 async def test_window_expires_in_test_time(h: Harness) -> None:
     f = h.fakes
     handle = await h.start()
@@ -377,6 +312,7 @@ async def test_window_expires_in_test_time(h: Harness) -> None:
     st = await status(handle)
     assert st.state is State.EXPIRED
     assert st.finished_at is not None
+    assert st.requested_at is not None  # narrows the type; checked above already
     assert st.finished_at >= st.requested_at + WINDOW
     assert st.finished_at - st.requested_at < WINDOW + timedelta(minutes=1)
     assert st.confirmed_at is None
@@ -392,6 +328,7 @@ async def test_window_expires_in_test_time(h: Harness) -> None:
     assert (await search_attributes(handle))[CANCELLATION_STATE.name] == "expired"
 
 
+@pytest.mark.time_skipping
 async def test_confirm_after_expiry_does_nothing(h: Harness) -> None:
     f = h.fakes
     handle = await h.start()
@@ -519,6 +456,7 @@ async def test_malformed_signals_are_ignored(h: Harness) -> None:
     ]
 
 
+@pytest.mark.time_skipping
 async def test_resend_invalidates_the_old_code_and_moves_the_window(h: Harness) -> None:
     f = h.fakes
     handle = await h.start()
@@ -526,7 +464,7 @@ async def test_resend_invalidates_the_old_code_and_moves_the_window(h: Harness) 
     assert first.code_expires_at is not None
 
     await h.env.sleep(timedelta(hours=20))
-    res = await handle.execute_update(ServiceCancellation.resend_code, ResendInput())
+    res = await resend_code(handle)
     assert res.resends_left == MAX_RESENDS - 1
     assert res.code_expires_at >= first.code_expires_at + timedelta(hours=20)
     issued = f.inputs("issue_code")
@@ -564,10 +502,10 @@ async def test_at_most_three_resends(h: Harness) -> None:
     handle = await h.start()
     await code_sent(handle)
     for left in (2, 1, 0):
-        res = await handle.execute_update(ServiceCancellation.resend_code, ResendInput())
+        res = await resend_code(handle)
         assert res.resends_left == left
     with pytest.raises(WorkflowUpdateFailedError) as err:
-        await handle.execute_update(ServiceCancellation.resend_code, ResendInput())
+        await resend_code(handle)
     assert "no resends left" in str(err.value.cause)
     assert [i.generation for i in f.inputs("issue_code")] == [1, 2, 3, 4]
     st = await status(handle)
@@ -583,7 +521,7 @@ async def test_resend_refused_before_the_service_check(h: Harness) -> None:
     handle = await h.start()
     await asyncio.wait_for(h.fakes.check_started.wait(), 10)
     with pytest.raises(WorkflowUpdateFailedError):
-        await handle.execute_update(ServiceCancellation.resend_code, ResendInput())
+        await resend_code(handle)
     h.fakes.check_gate.set()
     st = await code_sent(handle)
     assert st.resends_left == MAX_RESENDS
@@ -690,6 +628,7 @@ async def test_rejected_service_gets_no_code(h: Harness) -> None:
 # ---- deprovisioning: refused paths and the 24-hour promise ---------------------------
 
 
+@pytest.mark.time_skipping
 async def test_refused_path_waits_for_retry(h: Harness) -> None:
     f = h.fakes
     f.files_refusals = 1
@@ -723,6 +662,7 @@ async def test_refused_path_waits_for_retry(h: Harness) -> None:
     assert not st.sla_at_risk
 
 
+@pytest.mark.time_skipping
 async def test_sla_at_risk_alerts_and_still_cancels(h: Harness) -> None:
     f = h.fakes
     f.check = accepted_check(sla_limit_seconds=3600)
@@ -751,6 +691,7 @@ async def test_sla_at_risk_alerts_and_still_cancels(h: Harness) -> None:
     assert attrs[CANCELLATION_STATE.name] == "cancelled"
 
 
+@pytest.mark.time_skipping
 async def test_sla_audit_line_does_not_claim_awaiting_confirmation(h: Harness) -> None:
     """The SLA alert happens during deprovisioning; its audit line must not say otherwise."""
     f = h.fakes
@@ -767,6 +708,7 @@ async def test_sla_audit_line_does_not_claim_awaiting_confirmation(h: Harness) -
 # ---- the billing outcome at the confirmation instant ---------------------------------
 
 
+@pytest.mark.time_skipping
 @pytest.mark.parametrize(
     ("day", "at", "expected"),
     [

@@ -20,7 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.codes import CodeActivities
     from activities.errors import PATH_REFUSED
     from activities.files import FilesActivities
-    from activities.mail import KIND_CANCELLED, KIND_SLA_AT_RISK, NoticeActivities
+    from activities.mail import KIND_CANCELLED, KIND_LOCKED, KIND_SLA_AT_RISK, NoticeActivities
     from activities.mailboxes import MailboxActivities
     from activities.panel_db import PanelDbActivities
     from bajas.models import (
@@ -72,6 +72,7 @@ SHORT = timedelta(seconds=30)
 # Patch ids (docs/VERSIONING.md): each guards a change to the commands a run issues.
 AUDIT_WRONG_CODES = "audit-wrong-codes"
 MAIL_AS_ACTIVITY = "mail-as-activity"
+LOCK_NOTICE = "lock-notice"
 # A dead worker is noticed this fast during a deletion; progress reaches the server
 # about every 0.8 of it (the SDK throttles heartbeats).
 HEARTBEAT = timedelta(seconds=10)
@@ -123,6 +124,7 @@ class ServiceCancellation:
         # later, after a local activity, can fall in another workflow task on replay.
         self.audit_wrong_codes = workflow.patched(AUDIT_WRONG_CODES)
         self.mail_as_activity = workflow.patched(MAIL_AS_ACTIVITY)
+        lock_notice = workflow.patched(LOCK_NOTICE)
         self.requested_at = workflow.now()
         workflow.upsert_search_attributes(
             [
@@ -157,6 +159,8 @@ class ServiceCancellation:
         await self._await_confirmation()
         if self.confirmed_at is None:
             await self._transition(self.state.value, self.state)
+            if lock_notice and self.state is State.LOCKED:
+                await self._notice(KIND_LOCKED)  # "alguien intentó dar de baja…"
             return await self._result()
 
         await self._deprovision_within_sla()

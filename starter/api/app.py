@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 from fastapi import FastAPI, Request
@@ -12,6 +15,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
+from starlette.routing import compile_path
 from temporalio.client import Client
 from temporalio.service import RPCError
 
@@ -19,7 +23,8 @@ from bajas.config import Settings
 from bajas.db import create_pool
 from bajas.dev.mailsink import MailSink
 from bajas.temporal_client import connect
-from starter.api.deps import AppState
+from starter.api import edge, store
+from starter.api.deps import AppState, app_state, session_customer
 from starter.api.errors import (
     ApiError,
     PanelError,
@@ -31,12 +36,14 @@ from starter.api.errors import (
 from starter.api.panel_ui import STATIC_DIR, make_templates, render
 from starter.api.routes import (
     api_cancellation,
+    api_index,
     api_services,
     dev_mail,
     panel_auth,
     panel_services,
     root,
 )
+from starter.api.schemas import ErrorBody
 from starter.api.security import api_token, session_secret
 
 SESSION_COOKIE = "bajas_panel"
@@ -61,13 +68,15 @@ def create_app(
 ) -> FastAPI:
     """Build the app; what is not handed in (client, pool) the lifespan connects itself.
 
-    Raises ConfigError when PANEL_API_TOKEN is missing (or too short to be a secret).
+    Raises ConfigError when PANEL_API_TOKEN is missing or weak, or PANEL_SESSION_SECRET is
+    (outside `bajas dev`).
     `mail_sink` is given only by `bajas dev`: it mounts the mail viewer at /dev/mail.
     """
     rt = AppState(
         settings=settings,
         token=api_token(settings),
         templates=make_templates(),
+        clave_slots=asyncio.Semaphore(settings.sign_in_concurrency),
         client=client,
         pool=pool,
         mail_sink=mail_sink,
@@ -97,8 +106,8 @@ def create_app(
         summary="Cancellation (baja) of hosting services, carried out by Temporal",
         version="0.1.0",
         lifespan=lifespan,
-        openapi_url="/openapi.json",
-        docs_url="/api/docs",
+        openapi_url="/openapi.json" if settings.docs_public() else None,
+        docs_url="/api/docs" if settings.docs_public() else None,
         redoc_url=None,
     )
     app.state.bajas = rt
@@ -111,7 +120,9 @@ def create_app(
     )
 
     @app.middleware("http")
-    async def page_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def page_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         response: Response = await call_next(request)
         if _is_page(request):
             for name, value in PAGE_HEADERS.items():
@@ -119,7 +130,9 @@ def create_app(
             response.headers.setdefault("Cache-Control", "no-store")
         return response
 
-    for router in (root.router, api_services.router, api_cancellation.router):
+    edge.install(app, settings)
+
+    for router in (root.router, api_index.router, api_services.router, api_cancellation.router):
         app.include_router(router)
     app.include_router(panel_auth.router)
     app.include_router(panel_services.router)
@@ -134,34 +147,78 @@ def _is_page(request: Request) -> bool:
     return request.url.path.startswith(("/panel", "/dev"))
 
 
-def _error_page(request: Request, status_code: int, title: str, message: str) -> Response:
+async def _signed_in(request: Request) -> store.Customer | None:
+    """Who is signed in, for the header of an error page; None when that cannot be told."""
+    pool = app_state(request).pool
+    if pool is None:
+        return None
+    with contextlib.suppress(OSError, asyncpg.PostgresError):
+        return await session_customer(request, pool)
+    return None
+
+
+async def _error_page(request: Request, status_code: int, title: str, message: str) -> Response:
     return render(
         request,
         "error.html",
-        {"title": title, "message": message, "status_code": status_code},
+        {
+            "title": title,
+            "message": message,
+            "status_code": status_code,
+            "customer": await _signed_in(request),
+        },
         status_code=status_code,
     )
+
+
+def _allowed_methods(request: Request) -> str | None:
+    """Every method of this API path, as the schema lists them: a 405 from Starlette names
+    only the methods of the first route that matched the path."""
+    path = request.scope["path"]
+    for template, operations in request.app.openapi()["paths"].items():
+        if compile_path(template)[0].fullmatch(path):
+            methods = {method.upper() for method in operations}
+            if "GET" in methods:
+                methods.add("HEAD")
+            return ", ".join(sorted(methods))
+    return None
+
+
+def _api_error(status_code: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+    body = ErrorBody(detail=detail).model_dump(mode="json", exclude_none=True)
+    return JSONResponse(body, status_code, headers=headers)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:
-        return JSONResponse(exc.body.model_dump(mode="json", exclude_none=True), exc.status_code)
+        return JSONResponse(
+            exc.body.model_dump(mode="json", exclude_none=True), exc.status_code, exc.headers
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
         if _is_page(request):
             if exc.status_code == 404:
                 err = panel_not_found()
-                return _error_page(request, 404, err.title, err.message)
-            return _error_page(request, exc.status_code, "Error", str(exc.detail))
-        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+                return await _error_page(request, 404, err.title, err.message)
+            page = await _error_page(request, exc.status_code, "Error", str(exc.detail))
+            page.headers.update(headers)
+            return page
+        if exc.status_code == 400:
+            # FastAPI's one 400: a body it could not decode (not UTF-8, nested too deep).
+            # The schema documents 422 for every malformed request, so answer that.
+            return _api_error(422, "invalid request: the body is not valid JSON")
+        return _api_error(exc.status_code, str(exc.detail), headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         if _is_page(request):
             err = panel_not_found()
-            return _error_page(request, 404, err.title, err.message)
+            return await _error_page(request, 404, err.title, err.message)
         errors = list(exc.errors())
         return JSONResponse(
             {"detail": validation_message(errors), "errors": _jsonable(errors)}, 422
@@ -173,23 +230,24 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(PanelError)
     async def panel_error(request: Request, exc: PanelError) -> Response:
-        return _error_page(request, exc.status_code, exc.title, exc.message)
+        return await _error_page(request, exc.status_code, exc.title, exc.message)
 
     @app.exception_handler(TemporalUnavailable)
     @app.exception_handler(RPCError)
     async def unavailable(request: Request, exc: Exception) -> Response:
         if _is_page(request):
-            return _error_page(
+            return await _error_page(
                 request,
                 503,
                 "Servicio no disponible",
                 "No pudimos consultar el estado de las bajas. Inténtelo en unos minutos.",
             )
-        return JSONResponse({"detail": f"Temporal is not available: {exc}"}, 503)
+        return _api_error(503, f"Temporal is not available: {exc}")
 
 
-def _jsonable(errors: list[dict[str, object]]) -> list[dict[str, object]]:
+def _jsonable(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """pydantic's errors without `input` and `ctx`, which may hold what JSON cannot carry."""
     return [
-        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}  # type: ignore[call-overload]
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
         for e in errors
     ]

@@ -37,15 +37,18 @@ def billing_preview(
 def cancellation_view(
     status: CancellationStatus, service: store.Service, settings: Settings
 ) -> CancellationView:
+    """The status as the API shows it: every field of the query, the preview spelled out."""
     preview = (
         billing_preview(service, settings, status.billing_preview)
         if status.billing_preview is not None
         else None
     )
-    return CancellationView(
-        workflow_id=workflow_id_for(status.service_id),
-        billing_preview=preview,
-        **status.model_dump(exclude={"billing_preview", "domain"}),
+    return CancellationView.model_validate(
+        {
+            **status.model_dump(exclude={"billing_preview"}),
+            "workflow_id": workflow_id_for(status.service_id),
+            "billing_preview": preview,
+        }
     )
 
 

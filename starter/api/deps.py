@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -13,7 +14,9 @@ from temporalio.client import Client
 
 from bajas.config import Settings
 from bajas.dev.mailsink import MailSink
-from starter.api import store
+from bajas.limits import Limits
+from starter.api import sessions, store
+from starter.api.edge import path_for
 from starter.api.errors import PanelError, PanelRedirect, panel_not_found
 from starter.api.security import token_matches
 from starter.client import CancellationClient
@@ -26,9 +29,15 @@ class AppState:
     settings: Settings
     token: str
     templates: Jinja2Templates
+    # argon2 checks allowed at once (SIGN_IN_CONCURRENCY)
+    clave_slots: asyncio.Semaphore
     client: Client | None = None
     pool: asyncpg.Pool | None = None
     mail_sink: MailSink | None = None
+
+    @property
+    def limits(self) -> Limits:
+        return Limits.from_settings(self.settings)
 
     @property
     def cancellations(self) -> CancellationClient:
@@ -37,7 +46,8 @@ class AppState:
 
 
 def app_state(request: Request) -> AppState:
-    return request.app.state.bajas  # type: ignore[no-any-return]
+    state: AppState = request.app.state.bajas
+    return state
 
 
 AppStateDep = Annotated[AppState, Depends(app_state)]
@@ -109,12 +119,17 @@ ServiceDep = Annotated[store.Service, Depends(_api_service)]
 # ---- the customer panel ------------------------------------------------------------------
 
 
+async def session_customer(request: Request, pool: asyncpg.Pool) -> store.Customer | None:
+    """The customer of the cookie's server-side session, while it lives."""
+    customer_id = await sessions.customer_of(pool, request.session.get("sid"))
+    return await store.customer(pool, customer_id) if customer_id is not None else None
+
+
 async def _signed_in(request: Request, pool: PoolDep) -> store.Customer:
-    customer_id = request.session.get("customer_id")
-    customer = await store.customer(pool, customer_id) if isinstance(customer_id, int) else None
+    customer = await session_customer(request, pool)
     if customer is None:
-        request.session.pop("customer_id", None)
-        raise PanelRedirect(str(request.url_for("sign_in_form")))
+        request.session.pop("sid", None)
+        raise PanelRedirect(path_for(request, "sign_in_form"))
     return customer
 
 

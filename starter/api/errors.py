@@ -3,6 +3,10 @@ or a redirect for the panel."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
+from bajas.limits import Refusal
 from bajas.models import CancellationStatus, State
 from starter.api.schemas import ErrorBody
 
@@ -15,10 +19,21 @@ class ApiError(Exception):
         *,
         state: State | None = None,
         attempts_left: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status_code = status_code
         self.body = ErrorBody(detail=detail, state=state, attempts_left=attempts_left)
+        self.headers = headers
+
+    @classmethod
+    def too_many(cls, refusal: Refusal | str) -> ApiError:
+        """429 for a limit of docs/SECURITY.md; `Retry-After` unless an operator must act."""
+        if isinstance(refusal, str):  # a worker's rejection reason: "code: message"
+            return cls(429, refusal.partition(": ")[2] or refusal)
+        after = refusal.retry_after(datetime.now(UTC))
+        headers = {"Retry-After": str(after)} if after is not None else None
+        return cls(429, refusal.message, headers=headers)
 
     @classmethod
     def conflict(cls, detail: str, status: CancellationStatus | None = None) -> ApiError:
@@ -54,11 +69,11 @@ def panel_not_found() -> PanelError:
     return PanelError(404, "No encontrado", "No encontramos esa página o ese servicio.")
 
 
-def validation_message(errors: list[dict[str, object]]) -> str:
+def validation_message(errors: list[dict[str, Any]]) -> str:
     """One readable line out of pydantic's error list."""
     parts = []
     for error in errors:
-        loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "path", "query")]  # type: ignore[attr-defined]
+        loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "path", "query")]
         msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
         if error.get("type") == "json_invalid":
             msg = "the body is not valid JSON"

@@ -12,6 +12,7 @@ from fastapi.templating import Jinja2Templates
 
 from bajas.models import CancellationStatus, State, StepProgress, StepStatus
 from starter.api import store
+from starter.api.edge import from_loopback, template_path_for
 from starter.api.security import new_csrf_token
 from workflows.rules import OUTCOME_TEXT_ES, zone
 
@@ -35,6 +36,8 @@ STEP_STATES = {
     StepStatus.FAILED: "con error: lo revisa un operador",
 }
 STEP_UNITS = {"mailboxes": "buzones", "files": "archivos"}
+PAYMENT_METHODS = {"auto_debit": "débito automático", "manual": "pago manual"}
+REVOKED_DEBIT = "débito automático revocado"
 
 ENDED_NOTES = {
     State.EXPIRED: "La solicitud de baja anterior venció sin ser confirmada.",
@@ -61,6 +64,8 @@ class ServiceCard:
     service: store.Service
     status: CancellationStatus | None
     ended: CancellationStatus | None = None
+    # What confirming would delete, said again next to the button (while pending).
+    mailboxes: tuple[str, ...] = ()
 
     @property
     def state_label(self) -> str:
@@ -81,6 +86,14 @@ class ServiceCard:
             "activo": "active",
             "suspendido": "suspended",
         }.get(self.state_label, "other")
+
+    @property
+    def payment_label(self) -> str:
+        """How the service is paid, as it stands: a revoked mandate no longer debits."""
+        method = self.service.payment_method
+        if method == "auto_debit" and self.service.debit_mandate == "revoked":
+            return REVOKED_DEBIT
+        return PAYMENT_METHODS.get(method, method)
 
     @property
     def can_request(self) -> bool:
@@ -109,8 +122,8 @@ class ServiceCard:
         files = ended.steps.files.done
         mailboxes = ended.steps.mailboxes.done
         return (
-            f"Se borraron {files} archivo{'s' if files != 1 else ''} del sitio y "
-            f"{mailboxes} buzón{'es' if mailboxes != 1 else ''} de correo. "
+            f"Se borraron {count_of(files, 'archivo', 'archivos')} del sitio y "
+            f"{count_of(mailboxes, 'buzón', 'buzones')} de correo. "
             f"Facturación: {OUTCOME_TEXT_ES[ended.billing_outcome]}"
         )
 
@@ -143,9 +156,19 @@ def _count(name: str, step: StepProgress) -> str:
     return f"{step.done} {unit}" if step.done or step.status is StepStatus.DONE else ""
 
 
+def count_of(n: int, one: str, many: str) -> str:
+    """ "1 buzón", "2 buzones": Spanish plurals are not always one more letter."""
+    return f"{n} {one if n == 1 else many}"
+
+
 def flash(request: Request, text: str, kind: str = "info") -> None:
-    """A message for the next page (kept in the signed session cookie)."""
-    request.session.setdefault("flash", []).append({"text": text, "kind": kind})
+    """A message for the next page, kept in the signed cookie: readable by whoever holds
+    it, so never personal data (no e-mail address).
+
+    Assigned, never appended in place: the session is saved only when one of its keys is
+    set, so a message added to one not shown yet would be lost.
+    """
+    request.session["flash"] = [*request.session.get("flash", []), {"text": text, "kind": kind}]
 
 
 def csrf_token(request: Request) -> str:
@@ -160,15 +183,18 @@ def _context(request: Request) -> dict[str, Any]:
     return {
         "csrf_token": csrf_token(request),
         "flashes": request.session.pop("flash", []),
-        "dev_mail": rt.mail_sink is not None,
+        "dev_mail": rt.mail_sink is not None and from_loopback(request),
         "business_tz": rt.settings.business_tz,
     }
 
 
-def local_time(value: Any, tz_name: str) -> str:
+def local_time(value: Any, tz_name: str, seconds: bool = False) -> str:
+    """`seconds` where instants minutes apart must be told apart (the mail viewer)."""
     if value is None:
         return ""
-    return value.astimezone(zone(tz_name)).strftime("%d/%m/%Y %H:%M")
+    return value.astimezone(zone(tz_name)).strftime(
+        "%d/%m/%Y %H:%M:%S" if seconds else "%d/%m/%Y %H:%M"
+    )
 
 
 def date_es(value: Any) -> str:
@@ -179,6 +205,8 @@ def make_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=TEMPLATES_DIR, context_processors=[_context])
     templates.env.filters["local_time"] = local_time
     templates.env.filters["date_es"] = date_es
+    templates.env.globals["url_for"] = template_path_for
+    templates.env.filters["count_of"] = count_of
     return templates
 
 

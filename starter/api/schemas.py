@@ -10,9 +10,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from bajas.models import (
     CODE_LENGTH,
     BillingOutcome,
+    CancellationStatus,
     PaymentMethod,
     State,
-    Steps,
     is_well_formed_code,
 )
 
@@ -38,27 +38,14 @@ class BillingPreview(BaseModel):
     )
 
 
-class CancellationView(BaseModel):
-    """The `status` query of a service's cancellation, with the preview spelled out."""
+class CancellationView(CancellationStatus):
+    """The `status` query of a service's cancellation, with the workflow id and the preview
+    spelled out in the customer's words."""
 
     workflow_id: str
     run_id: str | None = Field(default=None, description="set on the answer to a request")
-    state: State
-    service_id: int
-    customer_id: int
-    requested_by: str
-    attempts_left: int
-    resends_left: int
-    code_sent: bool
-    code_expires_at: AwareDatetime | None = None
-    requested_at: AwareDatetime | None = None
-    confirmed_at: AwareDatetime | None = None
-    finished_at: AwareDatetime | None = None
-    billing_preview: BillingPreview | None = None
-    billing_outcome: BillingOutcome | None = None
-    rejection_reason: str | None = None
-    sla_at_risk: bool = False
-    steps: Steps
+    # The query names the outcome only; the API adds its text and the debit warning.
+    billing_preview: BillingPreview | None = None  # type: ignore[assignment]
 
 
 class ServiceView(BaseModel):
@@ -91,15 +78,22 @@ class RequestBody(BaseModel):
     reason: str | None = Field(default=None, max_length=2000)
 
 
+# What a pasted code may carry around it; the schema's pattern says the same.
+CODE_PADDING = " \t\r\n"
+
+
 class ConfirmBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    code: str = Field(description=f"the {CODE_LENGTH}-digit code from the mail")
+    code: str = Field(
+        description=f"the {CODE_LENGTH}-digit code from the mail",
+        json_schema_extra={"pattern": f"^[ \\t\\r\\n]*[0-9]{{{CODE_LENGTH}}}[ \\t\\r\\n]*$"},
+    )
 
     @field_validator("code")
     @classmethod
     def _six_digits(cls, value: str) -> str:
-        value = value.strip()
+        value = value.strip(CODE_PADDING)
         if not is_well_formed_code(value):
             raise ValueError(f"the confirmation code must be exactly {CODE_LENGTH} digits")
         return value
@@ -114,3 +108,20 @@ class ConfirmAnswer(BaseModel):
 class ResendAnswer(BaseModel):
     code_expires_at: AwareDatetime
     resends_left: int
+
+
+class ApiRoute(BaseModel):
+    method: str
+    path: str
+    does: str = Field(description="the first line of the route's description")
+
+
+class ApiIndex(BaseModel):
+    """What `GET /api` answers: where the docs are, and every route of the API."""
+
+    title: str
+    version: str
+    docs: str = Field(description="Swagger UI")
+    openapi: str = Field(description="the OpenAPI schema")
+    authentication: str
+    routes: list[ApiRoute]

@@ -31,6 +31,8 @@ class Service:
     payment_method: str
     auto_renew: bool
     cancelled_at: datetime | None
+    # 'active', 'revoked' (every mandate revoked), or None without a mandate
+    debit_mandate: str | None = None
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,11 @@ class LatestRequest:
         return self.state in IN_PROGRESS
 
 
+# 'active' sorts before 'revoked': the least status says whether any mandate still debits.
 _SERVICE_COLUMNS = (
-    "id, customer_id, domain, plan, status, expires_on, payment_method, auto_renew, cancelled_at"
+    "id, customer_id, domain, plan, status, expires_on, payment_method, auto_renew, cancelled_at,"
+    " (select min(m.status) from debit_mandates m where m.service_id = services.id)"
+    " as debit_mandate"
 )
 
 
@@ -96,13 +101,19 @@ async def owned_service(pool: asyncpg.Pool, customer_id: int, service_id: int) -
     return Service(**dict(row)) if row else None
 
 
-async def mailbox_addresses(pool: asyncpg.Pool, service_id: int) -> list[str]:
+async def mailbox_addresses(pool: asyncpg.Pool, service_ids: list[int]) -> dict[int, list[str]]:
+    """The mailboxes not yet deleted of each service, by address."""
+    if not service_ids:
+        return {}
     rows = await pool.fetch(
-        "select address from mailboxes where service_id = $1 and deleted_at is null"
-        " order by address",
-        service_id,
+        "select service_id, address from mailboxes"
+        " where service_id = any($1::bigint[]) and deleted_at is null order by address",
+        service_ids,
     )
-    return [r["address"] for r in rows]
+    found: dict[int, list[str]] = {}
+    for r in rows:
+        found.setdefault(r["service_id"], []).append(r["address"])
+    return found
 
 
 async def latest_requests(pool: asyncpg.Pool, service_ids: list[int]) -> dict[int, LatestRequest]:

@@ -20,11 +20,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from bajas.binaries import find_binary
 from bajas.models import (
     CancellationInput,
     CancellationStatus,
@@ -35,9 +32,11 @@ from bajas.models import (
     WithdrawInput,
 )
 from tests.fakes import FakeActivities, accepted_check, code_for
+from tests.helpers import assert_eventually
+from tests.helpers.temporal import start_local
 from workflows.cancellation import ServiceCancellation
 from workflows.sandbox import workflow_runner
-from workflows.search_attributes import ALL, workflow_id_for
+from workflows.search_attributes import workflow_id_for
 
 HERE = Path(__file__).parent
 _ids = itertools.count(9_000_001)
@@ -50,11 +49,10 @@ async def _status(handle: WorkflowHandle) -> CancellationStatus:
 
 
 async def _until(handle: WorkflowHandle, test: Callable[[CancellationStatus], bool]) -> None:
-    for _ in range(300):
-        if test(await _status(handle)):
-            return
-        await asyncio.sleep(0.05)
-    raise TimeoutError("the workflow did not get there")
+    async def there() -> bool:
+        return test(await _status(handle))
+
+    await assert_eventually(there, "the workflow to get there", timeout=15, interval=0.05)
 
 
 async def cancelled(handle: WorkflowHandle, fakes: FakeActivities) -> None:
@@ -151,11 +149,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suffix", default="", help="appended to each file name, e.g. v1")
     args = parser.parse_args()
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=find_binary("temporal"),
-        search_attributes=ALL,
-        data_converter=pydantic_data_converter,
-    )
+    env = await start_local()
     try:
         await record(env.client, args.suffix)
     finally:

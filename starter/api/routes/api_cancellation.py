@@ -13,10 +13,18 @@ from fastapi import APIRouter, Body, Depends, Response
 from temporalio.client import WorkflowFailureError
 from temporalio.service import RPCError
 
+from bajas.limits import is_limit_rejection, request_refusal, resend_refusal
 from bajas.models import CancellationStatus, State
 from starter.api import store
 from starter.api.cancellations import billing_preview, cancellation_view, status_of
-from starter.api.deps import ClientDep, ServiceDep, SettingsDep, require_token
+from starter.api.deps import (
+    AppStateDep,
+    ClientDep,
+    PoolDep,
+    ServiceDep,
+    SettingsDep,
+    require_token,
+)
 from starter.api.errors import ApiError
 from starter.api.schemas import (
     CancellationView,
@@ -61,18 +69,26 @@ async def _refusal(
     "",
     status_code=202,
     response_model=CancellationView,
-    responses={409: {"model": ErrorBody}},
+    responses={409: {"model": ErrorBody}, 429: {"model": ErrorBody}},
 )
 async def request_cancellation(
     service: ServiceDep,
     cancellations: ClientDep,
     settings: SettingsDep,
+    pool: PoolDep,
+    rt: AppStateDep,
     response: Response,
     body: Annotated[RequestBody | None, Body()] = None,
 ) -> CancellationView:
-    """Request the cancellation; a repeated request answers the one in progress."""
+    """Request the cancellation; a repeated request answers the one in progress; 429 after
+    too many wrong codes or requests (docs/SECURITY.md)."""
     if service.status == "cancelled":
         raise ApiError(409, f"service {service.id} is already cancelled")
+    refusal = await request_refusal(
+        pool, rt.limits, service.id, service.customer_id, attach_allowed=True
+    )
+    if refusal is not None:
+        raise ApiError.too_many(refusal)
     body = body or RequestBody()
     for _ in range(REQUEST_ATTEMPTS):
         try:
@@ -87,6 +103,8 @@ async def request_cancellation(
         except CancellationError as err:
             raise await _refusal(cancellations, service, "cannot request", err) from err
         status = answer.status
+        if status.state is State.REJECTED and is_limit_rejection(status.rejection_reason):
+            raise ApiError.too_many(status.rejection_reason or "")
         if status.state is State.REJECTED:
             raise ApiError.conflict(
                 f"the cancellation was rejected: {status.rejection_reason}", status
@@ -150,13 +168,20 @@ async def confirm_cancellation(
 @router.post(
     "/resend",
     response_model=ResendAnswer,
-    responses={409: {"model": ErrorBody}},
+    responses={409: {"model": ErrorBody}, 429: {"model": ErrorBody}},
 )
-async def resend_code(service: ServiceDep, cancellations: ClientDep) -> ResendAnswer:
-    """Mail a new code; the previous one stops working."""
+async def resend_code(
+    service: ServiceDep, cancellations: ClientDep, pool: PoolDep, rt: AppStateDep
+) -> ResendAnswer:
+    """Mail a new code; the previous one stops working; 429 after too many codes."""
+    refusal = await resend_refusal(pool, rt.limits, service.id, service.customer_id)
+    if refusal is not None:
+        raise ApiError.too_many(refusal)
     try:
         result = await cancellations.resend(service.id)
     except CancellationError as err:
+        if is_limit_rejection(str(err)):
+            raise ApiError.too_many(str(err)) from err
         raise await _refusal(cancellations, service, "a new code cannot be sent", err) from err
     return ResendAnswer(**result.model_dump())
 

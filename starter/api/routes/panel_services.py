@@ -6,15 +6,25 @@ in a redirect (303) to the service's page, where a flash message says what happe
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from bajas.config import Settings
+from bajas.limits import (
+    BAD_CONTACT_DATA,
+    Refusal,
+    is_limit_rejection,
+    request_refusal,
+    resend_refusal,
+)
 from bajas.models import CODE_LENGTH, State, is_well_formed_code
 from starter.api import store
 from starter.api.cancellations import billing_preview, services_with_cancellations, status_of
 from starter.api.deps import (
+    AppStateDep,
     ClientDep,
     CsrfDep,
     PanelServiceDep,
@@ -22,14 +32,29 @@ from starter.api.deps import (
     SettingsDep,
     SignedInDep,
 )
-from starter.api.panel_ui import ServiceCard, flash, render
+from starter.api.edge import path_for
+from starter.api.panel_ui import ServiceCard, flash, local_time, render
 from starter.client import CancellationError, CancellationNotFound
 
 router = APIRouter(prefix="/panel", include_in_schema=False)
 
+BAD_CONTACT_TEXT = (
+    "No podemos enviarle el código de confirmación porque los datos de contacto de su cuenta "
+    "tienen un error. Comuníquese con soporte; la baja no se inició."
+)
+
 
 def _to_service(request: Request, service: store.Service) -> RedirectResponse:
-    return RedirectResponse(request.url_for("service", sid=service.id), status_code=303)
+    return RedirectResponse(path_for(request, "service", sid=service.id), status_code=303)
+
+
+async def _with_mailboxes(pool: PoolDep, cards: list[ServiceCard]) -> list[ServiceCard]:
+    """Pending cards say again, next to the red button, which mailboxes will go."""
+    found = await store.mailbox_addresses(pool, [c.service.id for c in cards if c.pending])
+    return [
+        dataclasses.replace(c, mailboxes=tuple(found[c.service.id])) if c.service.id in found else c
+        for c in cards
+    ]
 
 
 async def _card(pool: PoolDep, cancellations: ClientDep, service: store.Service) -> ServiceCard:
@@ -42,7 +67,7 @@ async def _card(pool: PoolDep, cancellations: ClientDep, service: store.Service)
         return ServiceCard(service, None)
     if status.state.is_final:
         return ServiceCard(service, None, ended=status)
-    return ServiceCard(service, status)
+    return (await _with_mailboxes(pool, [ServiceCard(service, status)]))[0]
 
 
 @router.get("/", response_class=HTMLResponse, name="services")
@@ -51,7 +76,7 @@ async def services(
 ) -> Response:
     """ "Servicios": every service of the signed-in customer with its state."""
     pairs = await services_with_cancellations(pool, cancellations, customer.id)
-    cards = [ServiceCard(s, status) for s, status in pairs]
+    cards = await _with_mailboxes(pool, [ServiceCard(s, status) for s, status in pairs])
     return render(
         request,
         "services.html",
@@ -104,19 +129,33 @@ async def request_preview(
         {
             "customer": customer,
             "card": card,
-            "mailboxes": await store.mailbox_addresses(pool, service.id),
+            "mailboxes": (await store.mailbox_addresses(pool, [service.id])).get(service.id, []),
             "preview": billing_preview(service, settings),
         },
     )
 
 
+def _refusal_text(refusal: Refusal, settings: Settings) -> str:
+    until = local_time(refusal.until, settings.business_tz) if refusal.until else None
+    return refusal.text_es(until)
+
+
 @router.post("/servicios/{sid}/baja", dependencies=[CsrfDep], name="request_cancellation")
 async def request_cancellation(
-    request: Request, customer: SignedInDep, service: PanelServiceDep, cancellations: ClientDep
+    request: Request,
+    customer: SignedInDep,
+    service: PanelServiceDep,
+    cancellations: ClientDep,
+    pool: PoolDep,
+    rt: AppStateDep,
 ) -> Response:
     """ "Solicitar baja del servicio": start it (or meet the one in progress)."""
     if service.status == "cancelled":
         flash(request, "Este servicio ya está dado de baja.", "error")
+        return _to_service(request, service)
+    refusal = await request_refusal(pool, rt.limits, service.id, customer.id, attach_allowed=True)
+    if refusal is not None:
+        flash(request, _refusal_text(refusal, rt.settings), "error")
         return _to_service(request, service)
     try:
         answer = await cancellations.request(service.id, customer.id, requested_by="panel")
@@ -124,13 +163,25 @@ async def request_cancellation(
         flash(request, "No pudimos registrar la solicitud. Inténtelo de nuevo.", "error")
         return _to_service(request, service)
     state = answer.status.state
-    if state is State.AWAITING_CONFIRMATION:
+    reason = answer.status.rejection_reason
+    if state is State.AWAITING_CONFIRMATION and answer.status.code_sent:
         flash(
             request,
-            f"Le enviamos un código de confirmación a {customer.email}. "
+            "Le enviamos un código de confirmación por correo. "
             "Ingréselo abajo para confirmar la baja.",
             "ok",
         )
+    elif state is State.AWAITING_CONFIRMATION:
+        flash(
+            request,
+            "Registramos la solicitud, pero el código de confirmación todavía no salió. "
+            "Vuelva a esta página en unos minutos.",
+        )
+    elif state is State.REJECTED and is_limit_rejection(reason):
+        # The worker's own check, a moment after ours (another request in between).
+        flash(request, "Por seguridad, la baja no puede solicitarse ahora. Inténtelo más tarde.")
+    elif state is State.REJECTED and reason and reason.startswith(BAD_CONTACT_DATA):
+        flash(request, BAD_CONTACT_TEXT, "error")
     elif state is State.REJECTED:
         flash(request, "No se puede dar de baja este servicio.", "error")
     elif state.is_final:
@@ -156,7 +207,7 @@ async def confirm_cancellation(
         flash(request, "No hay una solicitud de baja pendiente para este servicio.", "error")
         return _to_service(request, service)
     except CancellationError:
-        flash(request, "La solicitud de baja ya no espera un código.", "error")
+        await _no_longer_awaiting(request, service, cancellations)
         return _to_service(request, service)
     if result.accepted:
         flash(
@@ -174,19 +225,42 @@ async def confirm_cancellation(
     elif result.state is State.AWAITING_CONFIRMATION:
         flash(
             request,
-            f"Código incorrecto o vencido. Le quedan {result.attempts_left} intentos restantes.",
+            f"Código incorrecto o vencido; intentos restantes: {result.attempts_left}.",
             "error",
         )
     else:
-        flash(request, "La solicitud de baja ya no espera un código.", "error")
+        await _no_longer_awaiting(request, service, cancellations)
     return _to_service(request, service)
+
+
+async def _no_longer_awaiting(
+    request: Request, service: store.Service, cancellations: ClientDep
+) -> None:
+    """A code for a request that no longer waits for one: most often a stale tab whose
+    cancellation was confirmed meanwhile, which is news to tell calmly, not an error."""
+    status = await status_of(cancellations, service)
+    if status is None or status.confirmed_at is None:
+        flash(request, "La solicitud de baja ya no espera un código.", "error")
+    elif status.state is State.CANCELLED:
+        flash(request, "Esta baja ya estaba confirmada: el servicio está dado de baja.")
+    else:
+        flash(request, "Esta baja ya estaba confirmada y se está completando.")
 
 
 @router.post("/servicios/{sid}/reenviar", dependencies=[CsrfDep], name="resend_code")
 async def resend_code(
-    request: Request, customer: SignedInDep, service: PanelServiceDep, cancellations: ClientDep
+    request: Request,
+    customer: SignedInDep,
+    service: PanelServiceDep,
+    cancellations: ClientDep,
+    pool: PoolDep,
+    rt: AppStateDep,
 ) -> Response:
     """ "Reenviar código": a new code by mail; the previous one stops working."""
+    refusal = await resend_refusal(pool, rt.limits, service.id, customer.id)
+    if refusal is not None:
+        flash(request, _refusal_text(refusal, rt.settings), "error")
+        return _to_service(request, service)
     try:
         result = await cancellations.resend(service.id)
     except CancellationError:
@@ -194,7 +268,7 @@ async def resend_code(
         return _to_service(request, service)
     flash(
         request,
-        f"Le enviamos un código nuevo a {customer.email}; el anterior ya no sirve. "
+        "Le enviamos un código nuevo por correo; el anterior ya no sirve. "
         f"Reenvíos disponibles: {result.resends_left}.",
         "ok",
     )

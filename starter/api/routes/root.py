@@ -5,13 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
 
+from starter.api.edge import path_for
+
 router = APIRouter(include_in_schema=False)
 
 
 @router.get("/")
 async def root(request: Request) -> RedirectResponse:
     """People arriving at the root want the panel."""
-    return RedirectResponse(request.url_for("services"), status_code=303)
+    return RedirectResponse(path_for(request, "services"), status_code=303)
 
 
 @router.get("/healthz")

