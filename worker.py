@@ -9,7 +9,6 @@ import asyncio
 import logging
 import signal
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -78,7 +77,6 @@ def build_worker(client: Client, settings: Settings, pool: asyncpg.Pool) -> Work
         workflows=[ServiceCancellation],
         workflow_runner=workflow_runner(sandboxed=settings.workflow_sandbox),
         activities=activities_for(settings, pool),
-        activity_executor=ThreadPoolExecutor(max_workers=settings.max_concurrent_activities),
         max_concurrent_activities=settings.max_concurrent_activities,
         max_cached_workflows=settings.max_cached_workflows,
         max_concurrent_workflow_task_polls=settings.workflow_task_pollers,

@@ -15,9 +15,9 @@ import asyncpg
 from pydantic import ValidationError
 from temporalio import activity
 
-from activities.audit import record
-from activities.safety import FILES, check_paths
-from bajas.models import DeprovisionInput, FilesProgress, FilesResult, TransitionInput
+from activities.audit import record_work
+from activities.safety import check_paths
+from bajas.models import DeprovisionInput, FilesProgress, FilesResult, Step
 
 HEARTBEAT_EVERY = 1.0
 
@@ -60,13 +60,15 @@ def remove_tree(top: str, progress: _Progress) -> None:
 
 
 class FilesActivities:
+    """Deletes document roots below HOSTING_ROOT, nowhere else."""
+
     def __init__(self, pool: asyncpg.Pool, hosting_root: Path) -> None:
         self.pool = pool
         self.hosting_root = hosting_root
 
     @activity.defn(name="delete_files")
     async def delete_files(self, data: DeprovisionInput) -> FilesResult:
-        paths = await check_paths(self.pool, data.service_id, {FILES: self.hosting_root})
+        paths = await check_paths(self.pool, data.service_id, {Step.FILES: self.hosting_root})
         target = paths.document_root
         previous = _previous_progress()
         # What earlier attempts deleted is gone from disk but still counts as done.
@@ -86,19 +88,11 @@ class FilesActivities:
                 await asyncio.wait({work})
                 raise
         deleted = already + progress.files
-        await record(
+        await record_work(
             self.pool,
-            TransitionInput(
-                event="files_deleted",
-                service_id=data.service_id,
-                customer_id=data.customer_id,
-                actor="bajas",
-                details={
-                    "files_deleted": deleted,
-                    "dirs_deleted": progress.dirs,
-                    "resumed_from": already,
-                },
-            ),
+            data,
+            "files_deleted",
+            {"files_deleted": deleted, "dirs_deleted": progress.dirs, "resumed_from": already},
         )
         return FilesResult(files_deleted=deleted, dirs_deleted=progress.dirs, resumed_from=already)
 

@@ -38,7 +38,6 @@ from temporalio.client import (
 )
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from activities.mail import local_text
 from bajas.db import create_pool, migrate
 from bajas.dev.mailsink import MailSink, SunkMessage, start_sink
 from bajas.models import (
@@ -48,6 +47,7 @@ from bajas.models import (
     State,
     StepStatus,
 )
+from bajas.texts import local_time
 from starter.client import CancellationClient, CancellationNotFound
 from tests.processes import Postgres, TemporalDevServer, WorkerProcess, port_open, running_worker
 from tests.stack import Panel, ServiceFixture, code_in, free_port, mails_about, tree_files
@@ -488,7 +488,7 @@ async def test_code_mail_waits_for_the_smtp_server(world: World) -> None:
             # the window counts from the request, not from when the mail could leave
             assert up_wall - status.requested_at > timedelta(seconds=4)
             assert status.code_expires_at == status.requested_at + timedelta(seconds=window)
-            assert local_text(status.code_expires_at, BUSINESS_TZ) in mail.body
+            assert local_time(status.code_expires_at, BUSINESS_TZ) in mail.body
             assert svc.domain in mail.subject and svc.email in mail.to
 
             await asyncio.sleep(2.0)

@@ -300,6 +300,7 @@ async def test_happy_path_confirm_signal_cancels_in_order(h: Harness) -> None:
         generation=1,
         expires_at=st.requested_at + WINDOW,
         billing_preview=BillingOutcome.DEBIT_CANCELLED,
+        debit_cutoff=rules.debit_cutoff(check.expires_on),
     )
     assert f.inputs("verify_code") == [
         VerifyCodeInput(generation=1, code="123456", service_id=h.service_id)
@@ -312,6 +313,8 @@ async def test_happy_path_confirm_signal_cancels_in_order(h: Harness) -> None:
             service_id=h.service_id,
             customer_id=CUSTOMER,
             outcome=BillingOutcome.DEBIT_CANCELLED,
+            revoke_mandate=True,
+            void_renewal_invoices=True,
         )
     ]
     assert f.inputs("delete_mailboxes") == [target]
@@ -640,6 +643,37 @@ async def test_withdraw_before_the_code_is_mailed_sends_no_code(h: Harness) -> N
     assert result.state is State.WITHDRAWN
     assert_nothing_deprovisioned(f)
     assert f.inputs("issue_code") == []
+
+
+async def test_withdraw_update_answers_the_withdrawn_status(h: Harness) -> None:
+    f = h.fakes
+    handle = await h.start()
+    await code_sent(handle)
+    st = await handle.execute_update(
+        ServiceCancellation.withdraw_cancellation, WithdrawInput(by="customer")
+    )
+    assert st.state is State.WITHDRAWN
+    assert st.finished_at is not None and st.code_sent
+    result = await result_of(handle)
+    assert result.state is State.WITHDRAWN
+    [withdrawn] = f.inputs("record_transition")
+    assert (withdrawn.event, withdrawn.actor) == ("withdrawn", "customer")
+    assert_nothing_deprovisioned(f)
+
+
+async def test_withdraw_update_refused_once_confirmed(h: Harness) -> None:
+    f = h.fakes
+    f.files_gate = asyncio.Event()
+    handle = await h.start()
+    await handle.signal(ServiceCancellation.confirm, ConfirmInput(code=code_for(1)))
+    await asyncio.wait_for(f.files_started.wait(), 10)
+    with pytest.raises(WorkflowUpdateFailedError) as err:
+        await handle.execute_update(ServiceCancellation.withdraw_cancellation, WithdrawInput())
+    assert "cannot withdraw: the cancellation is deprovisioning" in str(err.value.cause)
+    f.files_gate.set()
+    assert (await result_of(handle)).state is State.CANCELLED
+    assert "withdrawn" not in f.events()
+    assert_deprovisioned_in_order(f)
 
 
 async def test_withdraw_during_deprovisioning_is_ignored(h: Harness) -> None:

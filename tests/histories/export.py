@@ -24,7 +24,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from bajas.binaries import find_binary
+from bajas.dev.binaries import find_binary
 from bajas.models import (
     CancellationInput,
     CancellationStatus,
