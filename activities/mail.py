@@ -85,6 +85,7 @@ class NoticeActivities:
                 service_id=data.service_id,
                 domain=row["domain"],
                 workflow_id=info.workflow_id or "(unknown)",
+                problems=data.problems,
             )
             await self.mailer.send(self.ops_email, subject, body)
         else:

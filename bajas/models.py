@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, timedelta
 from enum import StrEnum
+from typing import Any, Self
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field, ValidationError
 
 CODE_LENGTH = 6
 MAX_WRONG_CODES = 5
@@ -57,18 +59,28 @@ class Step(StrEnum):
 
 
 class StepProgress(BaseModel):
-    """One step as `status` shows it."""
+    """One step as `status` shows it.
+
+    `attempts` counts the step's activity executions so far; `error` is the last
+    failure in one line, kept while the next attempt runs and cleared when one
+    succeeds (`attempts` then says how many it took). `verified` is set once a check
+    has proven the resource gone.
+    """
 
     status: StepStatus = StepStatus.PENDING
     done: int = 0
     total: int | None = None
     detail: str | None = None
+    attempts: int = 0
+    error: str | None = None
+    verified: bool = False
 
     def finish(self, result: StepResult) -> None:
         self.status = StepStatus.DONE
         self.done = result.done
         self.total = result.total
         self.detail = result.detail
+        self.error = None
 
 
 class Steps(BaseModel):
@@ -253,10 +265,15 @@ class TransitionInput(BaseModel):
 
 
 class StepInput(BaseModel):
-    """The input of a deprovisioning step's activity."""
+    """The input of a deprovisioning step's activity; the workflow runs each attempt."""
 
     service_id: int
     customer_id: int
+
+    def resumed(self, details: Sequence[Any]) -> Self:
+        """The input of the next attempt, given the details a failed one left (its
+        last heartbeat, or its failure's details). Most steps simply start over."""
+        return self
 
 
 class StepResult(BaseModel):
@@ -315,10 +332,25 @@ class MailboxesResult(StepResult):
 
 
 class FilesProgress(BaseModel):
-    """Heartbeat details of the files step: where a retried attempt picks up."""
+    """Heartbeat details of the files step (and of its failures): where a next
+    attempt picks up."""
 
     total: int
     deleted: int
+
+
+class FilesInput(DeprovisionInput):
+    """`resume` is where the previous attempt got to: a new activity execution gets no
+    heartbeat details of the last one, so the workflow hands them over."""
+
+    resume: FilesProgress | None = None
+
+    def resumed(self, details: Sequence[Any]) -> Self:
+        try:
+            progress = FilesProgress.model_validate(details[0]) if details else None
+        except ValidationError:
+            progress = None
+        return self.model_copy(update={"resume": progress}) if progress else self
 
 
 class FilesResult(StepResult):
@@ -344,12 +376,14 @@ class FinishInput(BaseModel):
 
 
 class NoticeInput(BaseModel):
-    """A mail to the customer ("dado de baja") or to operations (SLA alert)."""
+    """A mail to the customer ("dado de baja") or to operations (SLA alert, with a line
+    per failing step in `problems`)."""
 
     kind: str
     service_id: int
     customer_id: int
     billing_outcome: BillingOutcome | None = None
+    problems: list[str] = Field(default_factory=list)
 
 
 class NoticeResult(BaseModel):

@@ -7,13 +7,21 @@ The code itself never enters this workflow: `issue_code` makes and mails it, and
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    FailureError,
+    TimeoutType,
+)
+from temporalio.exceptions import TimeoutError as AttemptTimeout
 
 with workflow.unsafe.imports_passed_through():
     from activities.billing import BillingActivities
@@ -35,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         ConfirmInput,
         ConfirmResult,
         DeprovisionInput,
+        FilesInput,
         FinishInput,
         IssueCodeInput,
         IssueCodeResult,
@@ -76,6 +85,22 @@ MAIL_AS_ACTIVITY = "mail-as-activity"
 # A dead worker is noticed this fast during a deletion; progress reaches the server
 # about every 0.8 of it (the SDK throttles heartbeats).
 HEARTBEAT = timedelta(seconds=10)
+# A step's attempts are run by `_step`, one activity execution each, since the workflow
+# cannot see retries done by the server: every failure then shows at once in `status`.
+ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
+# The wait before the next attempt of a failing step: doubling, capped near a minute.
+FIRST_BACKOFF = timedelta(seconds=1)
+MAX_BACKOFF = timedelta(seconds=60)
+# An error line stays readable whatever it quotes.
+ERROR_CHARS = 300
+QUOTED_PATH = re.compile(r"'(/[^']*)'")
+ATTEMPT_TIMEOUTS = {
+    TimeoutType.HEARTBEAT: (
+        f"the worker stopped answering (no heartbeat for {HEARTBEAT.seconds} s)"
+    ),
+    TimeoutType.START_TO_CLOSE: "the attempt ran past its time limit",
+    TimeoutType.SCHEDULE_TO_START: "no worker took the attempt",
+}
 
 # An activity method of a deprovisioning step, e.g. `FilesActivities.delete_files`.
 StepActivity = Callable[[Any, Any], Awaitable[StepResult]]
@@ -400,7 +425,11 @@ class ServiceCancellation:
         )
         await asyncio.gather(
             self._step(Step.MAILBOXES, MailboxActivities.delete_mailboxes, target),
-            self._step(Step.FILES, FilesActivities.delete_files, target),
+            self._step(
+                Step.FILES,
+                FilesActivities.delete_files,
+                FilesInput(service_id=service_id, customer_id=customer_id),
+            ),
         )
         await workflow.execute_local_activity_method(
             PanelDbActivities.finish_cancellation,
@@ -421,40 +450,58 @@ class ServiceCancellation:
     async def _step(self, step: Step, activity: StepActivity, arg: StepInput) -> None:
         """Run one deprovisioning step to its end and record its result in `steps`.
 
-        A refused path waits for an operator's `retry`, then the step runs again.
+        One activity execution per attempt, so each failure shows at once in `status`,
+        the Web UI and the SLA alert; the next attempt follows after a capped backoff,
+        for as long as the cause lasts. A refused path waits for an operator's `retry`.
         """
         progress = self.steps[step]
         while True:
+            progress.attempts += 1
             progress.status = StepStatus.RUNNING
             progress.detail = None
             self._publish()
             try:
-                if step is Step.BILLING:
-                    result = await workflow.execute_local_activity_method(
-                        activity,
-                        arg,
-                        start_to_close_timeout=STEP_TIMEOUTS[step],
-                        retry_policy=RETRY,
-                        summary=STEP_SUMMARIES[step],
-                    )
-                else:
-                    result = await workflow.execute_activity_method(
-                        activity,
-                        arg,
-                        start_to_close_timeout=STEP_TIMEOUTS[step],
-                        heartbeat_timeout=HEARTBEAT,
-                        retry_policy=RETRY,
-                        summary=STEP_SUMMARIES[step],
-                    )
+                result = await self._attempt(step, activity, arg)
             except (ActivityError, ApplicationError) as err:
+                if any(isinstance(c, CancelledError) for c in _causes(err)):
+                    raise  # the workflow is being cancelled: not a failed attempt
                 refusal = _path_refusal(err)
-                if refusal is None:
-                    raise
-                await self._await_retry(step, refusal)
+                if refusal is not None:
+                    await self._await_retry(step, refusal)
+                    continue
+                progress.error = _one_line(err)
+                arg = arg.resumed(_left_behind(err))
+                self._publish()
+                workflow.logger.warning(
+                    "%s: attempt %d failed: %s", step, progress.attempts, progress.error
+                )
+                backoff = _backoff(progress.attempts, err)
+                await workflow.sleep(backoff, summary=f"{step}: next attempt in {backoff}")
                 continue
             progress.finish(result)
             self._publish()
             return
+
+    async def _attempt(self, step: Step, activity: StepActivity, arg: StepInput) -> StepResult:
+        """One execution of a step's activity: billing is a short local one, the
+        deletions heartbeat."""
+        summary = f"{STEP_SUMMARIES[step]}, attempt {self.steps[step].attempts}"
+        if step is Step.BILLING:
+            return await workflow.execute_local_activity_method(
+                activity,
+                arg,
+                start_to_close_timeout=STEP_TIMEOUTS[step],
+                retry_policy=ONE_ATTEMPT,
+                summary=summary,
+            )
+        return await workflow.execute_activity_method(
+            activity,
+            arg,
+            start_to_close_timeout=STEP_TIMEOUTS[step],
+            heartbeat_timeout=HEARTBEAT,
+            retry_policy=ONE_ATTEMPT,
+            summary=summary,
+        )
 
     async def _await_retry(self, step: Step, refusal: ApplicationError) -> None:
         """Show the refused path and wait for an operator's `retry`. The refusal names
@@ -479,7 +526,7 @@ class ServiceCancellation:
         workflow.upsert_search_attributes([SLA_AT_RISK.value_set(True)])
         self._publish()
         await self._transition("sla_at_risk", None, State.DEPROVISIONING)
-        await self._notice(KIND_SLA_AT_RISK)
+        await self._notice(KIND_SLA_AT_RISK, self._problems())
 
     # ---- activities used in several places ------------------------------------------------
 
@@ -504,7 +551,7 @@ class ServiceCancellation:
             summary=f"audit: {event}",
         )
 
-    async def _notice(self, kind: str) -> None:
+    async def _notice(self, kind: str, problems: list[str] | None = None) -> None:
         await self._mail_step(
             NoticeActivities.send_notice,
             NoticeInput(
@@ -512,6 +559,7 @@ class ServiceCancellation:
                 service_id=self.input.service_id,
                 customer_id=self.input.customer_id,
                 billing_outcome=self.billing_outcome,
+                problems=problems or [],
             ),
             summary=f"mail: {kind}",
         )
@@ -569,9 +617,18 @@ class ServiceCancellation:
                     f"- {step}: {progress.status.value}"
                     + (f" ({progress.detail})" if progress.detail else "")
                 )
+        lines += self._problems()
         if self.sla_at_risk:
             lines.append("**SLA at risk**")
         workflow.set_current_details("\n\n".join(lines))
+
+    def _problems(self) -> list[str]:
+        """A line per failing step: "files: attempt 7, PermissionError: …"."""
+        return [
+            f"{step}: attempt {self.steps[step].attempts}, {self.steps[step].error}"
+            for step in Step
+            if self.steps[step].error is not None
+        ]
 
     @staticmethod
     def _outcome_at(service: AcceptedService, instant: datetime) -> BillingOutcome:
@@ -589,6 +646,56 @@ def _path_refusal(err: BaseException | None) -> ApplicationError | None:
             return err
         err = err.cause if isinstance(err, ActivityError | ApplicationError) else None
     return None
+
+
+def _causes(err: BaseException) -> list[BaseException]:
+    """`err` and what caused it, down to the root."""
+    chain = [err]
+    while (cause := chain[-1].__cause__) is not None and cause not in chain:
+        chain.append(cause)
+    return chain
+
+
+def _one_line(err: BaseException) -> str:
+    """A failed attempt as `status` shows it: what timed out, or the root cause's type
+    and message. Quoted paths keep their last name only: they can be longer than a
+    screen and name a customer's domain or mailbox."""
+    causes = _causes(err)
+    timeout = next((e for e in causes if isinstance(e, AttemptTimeout)), None)
+    if timeout is not None:
+        known = ATTEMPT_TIMEOUTS.get(timeout.type) if timeout.type is not None else None
+        text = known or "the attempt timed out"
+    else:
+        root = causes[-1]
+        kind = (
+            root.type if isinstance(root, ApplicationError) and root.type else type(root).__name__
+        )
+        text = f"{kind}: {root.message if isinstance(root, FailureError) else root}"
+    text = QUOTED_PATH.sub(lambda m: f"'…/{m[1].rstrip('/').rsplit('/', 1)[-1]}'", text)
+    text = " ".join(text.split())
+    return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 1] + "…"
+
+
+def _left_behind(err: BaseException) -> Sequence[Any]:
+    """What a failed attempt left for the next one: its last heartbeat when it timed
+    out, else its failure's details."""
+    for cause in _causes(err):
+        if isinstance(cause, AttemptTimeout) and cause.last_heartbeat_details:
+            return cause.last_heartbeat_details
+        if isinstance(cause, ApplicationError) and cause.details:
+            return cause.details
+    return ()
+
+
+def _backoff(attempts: int, err: BaseException) -> timedelta:
+    """1 s after the first failure, doubling up to MAX_BACKOFF; longer only where the
+    activity asked for it (`next_retry_delay`)."""
+    asked = [
+        cause.next_retry_delay
+        for cause in _causes(err)
+        if isinstance(cause, ApplicationError) and cause.next_retry_delay
+    ]
+    return asked[0] if asked else min(FIRST_BACKOFF * 2 ** min(attempts - 1, 10), MAX_BACKOFF)
 
 
 __all__ = ["ServiceCancellation"]
