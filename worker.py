@@ -11,7 +11,6 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -106,7 +105,6 @@ def build_worker(
         workflows=[ServiceCancellation],
         workflow_runner=workflow_runner(sandboxed=settings.workflow_sandbox),
         activities=activities_for(settings, pool),
-        activity_executor=ThreadPoolExecutor(max_workers=settings.max_concurrent_activities),
         max_concurrent_activities=settings.max_concurrent_activities,
         max_cached_workflows=settings.max_cached_workflows,
         max_concurrent_workflow_task_polls=settings.workflow_task_pollers,

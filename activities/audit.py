@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import json
+from typing import Protocol
 
 import asyncpg
 from temporalio import activity
 
-from bajas.models import State, TransitionInput
+from bajas.models import BillingOutcome, State, TransitionInput
+
+# The actor of every line bajas writes about its own work.
+BAJAS = "bajas"
+
+
+class ForService(Protocol):
+    """Any activity input naming a service and its customer."""
+
+    service_id: int
+    customer_id: int
 
 
 async def record(conn: asyncpg.Connection | asyncpg.Pool, entry: TransitionInput) -> None:
@@ -43,4 +54,30 @@ async def record(conn: asyncpg.Connection | asyncpg.Pool, entry: TransitionInput
         json.dumps(entry.details),
         State.DEPROVISIONING,
         entry.to_state is not None and entry.to_state.is_final,
+    )
+
+
+async def record_work(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    data: ForService,
+    event: str,
+    details: dict[str, int | str | bool | None],
+    *,
+    billing_outcome: BillingOutcome | None = None,
+    from_state: State | None = None,
+    to_state: State | None = None,
+) -> None:
+    """The audit line of something bajas itself did for the service named in `data`."""
+    await record(
+        conn,
+        TransitionInput(
+            event=event,
+            service_id=data.service_id,
+            customer_id=data.customer_id,
+            actor=BAJAS,
+            from_state=from_state,
+            to_state=to_state,
+            billing_outcome=billing_outcome,
+            details=details,
+        ),
     )

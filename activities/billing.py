@@ -7,13 +7,14 @@ from pathlib import Path
 import asyncpg
 from temporalio import activity
 
-from activities.audit import record
-from activities.safety import FILES, MAILBOXES, PanelPaths, check_paths
-from bajas.models import BillingInput, BillingResult, TransitionInput
-from workflows.rules import revokes_mandate, voids_renewal_invoices
+from activities.audit import record_work
+from activities.safety import PanelPaths, check_paths
+from bajas.models import BillingInput, BillingResult, Step
 
 
 class BillingActivities:
+    """Closes billing as the workflow decided it; the panel database is the only thing touched."""
+
     def __init__(
         self, pool: asyncpg.Pool, *, hosting_root: Path, mail_root: Path, panel: PanelPaths
     ) -> None:
@@ -27,12 +28,13 @@ class BillingActivities:
         """Preflight every path first (inside its root, no link out, shared with no other
         service): billing closes only when the data can go too.
 
-        Then one transaction; each statement only touches rows not yet in their final state.
+        Then one transaction carrying out the effects in `data` (the workflow decided
+        them); each statement only touches rows not yet in their final state.
         """
         await check_paths(
             self.pool,
             data.service_id,
-            {FILES: self.hosting_root, MAILBOXES: self.mail_root},
+            {Step.FILES: self.hosting_root, Step.MAILBOXES: self.mail_root},
             self.panel,
         )
         async with self.pool.acquire() as conn, conn.transaction():
@@ -40,7 +42,7 @@ class BillingActivities:
                 "update services set auto_renew = false where id = $1", data.service_id
             )
             revoked = voided = 0
-            if revokes_mandate(data.outcome):
+            if data.revoke_mandate:
                 revoked = len(
                     await conn.fetch(
                         "update debit_mandates set status = 'revoked', revoked_at = now()"
@@ -48,7 +50,7 @@ class BillingActivities:
                         data.service_id,
                     )
                 )
-            if voids_renewal_invoices(data.outcome):
+            if data.void_renewal_invoices:
                 voided = len(
                     await conn.fetch(
                         """
@@ -61,15 +63,11 @@ class BillingActivities:
                         data.service_id,
                     )
                 )
-            await record(
+            await record_work(
                 conn,
-                TransitionInput(
-                    event="billing_closed",
-                    service_id=data.service_id,
-                    customer_id=data.customer_id,
-                    actor="bajas",
-                    billing_outcome=data.outcome,
-                    details={"invoices_voided": voided, "mandates_revoked": revoked},
-                ),
+                data,
+                "billing_closed",
+                {"invoices_voided": voided, "mandates_revoked": revoked},
+                billing_outcome=data.outcome,
             )
         return BillingResult(invoices_voided=voided, mandates_revoked=revoked)

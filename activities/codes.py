@@ -14,19 +14,18 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.audit import record
-from activities.mail import Mailer, code_mail
+from activities.audit import record_work
+from activities.mail import Mailer
 from bajas.limits import TOO_MANY_REQUESTS, Limits, resend_refusal
 from bajas.models import (
     CODE_LENGTH,
     IssueCodeInput,
     IssueCodeResult,
-    PaymentMethod,
-    TransitionInput,
     VerifyCodeInput,
     VerifyCodeResult,
     is_well_formed_code,
 )
+from bajas.texts import code_mail
 
 
 def code_hmac(key: bytes, run_id: str, generation: int, code: str) -> bytes:
@@ -35,6 +34,14 @@ def code_hmac(key: bytes, run_id: str, generation: int, code: str) -> bytes:
 
 def new_code() -> str:
     return f"{secrets.randbelow(10**CODE_LENGTH):0{CODE_LENGTH}d}"
+
+
+def _run_id() -> str:
+    """The workflow run a code belongs to: part of its HMAC, so no other run can use it."""
+    run_id = activity.info().workflow_run_id
+    if run_id is None:
+        raise RuntimeError("codes are issued and checked only for a workflow run")
+    return run_id
 
 
 class CodeActivities:
@@ -59,8 +66,7 @@ class CodeActivities:
         A retry after a failed send makes a fresh code, since the old one cannot be read
         back; only the mail that actually leaves carries a working code.
         """
-        info = activity.info()
-        run_id = info.workflow_run_id
+        run_id = _run_id()
         sent = await self.pool.fetchval(
             "select sent_at from bajas.confirmation_codes where run_id = $1 and generation = $2",
             run_id,
@@ -78,7 +84,7 @@ class CodeActivities:
                     refusal.rejection_reason, type=TOO_MANY_REQUESTS, non_retryable=True
                 )
         row = await self.pool.fetchrow(
-            "select c.email, c.name, s.domain, s.expires_on, s.payment_method"
+            "select c.email, c.name, s.domain, s.expires_on"
             " from services s join customers c on c.id = s.customer_id where s.id = $1",
             data.service_id,
         )
@@ -104,7 +110,7 @@ class CodeActivities:
             expires_at=data.expires_at,
             tz_name=self.tz_name,
             expires_on=row["expires_on"],
-            payment_method=PaymentMethod(row["payment_method"]),
+            debit_cutoff=data.debit_cutoff,
             preview=data.billing_preview,
         )
         del code
@@ -116,15 +122,8 @@ class CodeActivities:
                 run_id,
                 data.generation,
             )
-            await record(
-                conn,
-                TransitionInput(
-                    event=f"code_sent:{data.generation}",
-                    service_id=data.service_id,
-                    customer_id=data.customer_id,
-                    actor="bajas",
-                    details={"generation": data.generation},
-                ),
+            await record_work(
+                conn, data, f"code_sent:{data.generation}", {"generation": data.generation}
             )
         return IssueCodeResult(generation=data.generation, expires_at=data.expires_at)
 
@@ -133,7 +132,7 @@ class CodeActivities:
         """Compare in constant time; only the current generation counts, and only once."""
         if not is_well_formed_code(data.code):
             return VerifyCodeResult(accepted=False)
-        run_id = activity.info().workflow_run_id
+        run_id = _run_id()
         row = await self.pool.fetchrow(
             "select code_hmac, used_at from bajas.confirmation_codes"
             " where run_id = $1 and generation = $2 and sent_at is not null",

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from temporalio.exceptions import ApplicationError
 
+from bajas.models import Step
+
 PATH_REFUSED = "PathRefused"
 
 
-def path_refused(message: str, step: str) -> ApplicationError:
-    """`step` ("files" or "mailboxes") names the deprovisioning step whose path is unsafe."""
+def path_refused(message: str, step: Step) -> ApplicationError:
+    """`step` names the deprovisioning step whose path is unsafe."""
     return ApplicationError(message, step, type=PATH_REFUSED, non_retryable=True)

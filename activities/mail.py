@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime
 from email.message import EmailMessage
 from email.utils import formataddr, make_msgid
 
@@ -12,14 +11,8 @@ import aiosmtplib
 import asyncpg
 from temporalio import activity
 
-from bajas.models import (
-    MAX_WRONG_CODES,
-    BillingOutcome,
-    NoticeInput,
-    NoticeResult,
-    PaymentMethod,
-)
-from workflows.rules import OUTCOME_TEXT_ES, debit_warning_es, zone
+from bajas import texts
+from bajas.models import MAX_WRONG_CODES, NoticeInput, NoticeResult
 
 KIND_CANCELLED = "cancelled"
 KIND_SLA_AT_RISK = "sla_at_risk"
@@ -64,76 +57,6 @@ class Mailer:
         )
 
 
-def local_text(instant: datetime, tz_name: str) -> str:
-    return instant.astimezone(zone(tz_name)).strftime("%d/%m/%Y %H:%M")
-
-
-def code_mail(
-    *,
-    name: str,
-    domain: str,
-    code: str,
-    expires_at: datetime,
-    tz_name: str,
-    expires_on: date,
-    payment_method: PaymentMethod,
-    preview: BillingOutcome,
-) -> tuple[str, str]:
-    warning = debit_warning_es(expires_on, payment_method)
-    lines = [
-        f"Hola {name}:",
-        "",
-        f"Recibimos una solicitud de baja del servicio {domain}.",
-        "",
-        f"Su código de confirmación para la baja de {domain} es: {code}",
-        "",
-        f'Ingréselo en el panel con "Confirmar baja del servicio" antes del '
-        f"{local_text(expires_at, tz_name)} (hora de {tz_name}).",
-        "",
-        "Al confirmar se borrará todo el contenido del sitio y todo el correo existente, "
-        "y se cerrará la facturación del servicio.",
-        f"Facturación: {OUTCOME_TEXT_ES[preview]}",
-        f"Vencimiento del servicio: {expires_on.strftime('%d/%m/%Y')}.",
-    ]
-    if warning:
-        lines += ["", warning]
-    lines += [
-        "",
-        "Si usted no pidió esta baja, no haga nada: sin confirmación no se borra nada.",
-    ]
-    return f"Código de confirmación para la baja de {domain}", "\n".join(lines)
-
-
-def cancelled_mail(*, name: str, domain: str, outcome: BillingOutcome) -> tuple[str, str]:
-    body = "\n".join(
-        [
-            f"Hola {name}:",
-            "",
-            f"El servicio {domain} fue dado de baja.",
-            "Se borró todo el contenido del sitio y todo el correo existente.",
-            f"Facturación: {OUTCOME_TEXT_ES[outcome]}",
-        ]
-    )
-    return f"Servicio {domain} dado de baja", body
-
-
-def locked_mail(*, name: str, domain: str, wrong_codes: int) -> tuple[str, str]:
-    body = "\n".join(
-        [
-            f"Hola {name}:",
-            "",
-            f"Alguien intentó dar de baja el servicio {domain} e ingresó {wrong_codes} "
-            "códigos de confirmación incorrectos, así que bloqueamos esa solicitud. "
-            "El servicio sigue como estaba: no se borró nada.",
-            "",
-            "Si fue usted, puede volver a solicitar la baja desde el panel más tarde.",
-            "Si no fue usted, alguien más puede entrar a su panel: cambie su clave y "
-            "comuníquese con nosotros.",
-        ]
-    )
-    return f"Intento de baja bloqueado: {domain}", body
-
-
 class NoticeActivities:
     """Once-per-run mails; `bajas.sent_mails` makes a retried activity send nothing more."""
 
@@ -160,13 +83,14 @@ class NoticeActivities:
         if row is None:
             return NoticeResult(sent=False)
         if data.kind == KIND_CANCELLED:
-            assert data.billing_outcome is not None
-            subject, body = cancelled_mail(
+            if data.billing_outcome is None:
+                raise ValueError("a 'cancelled' notice needs the billing outcome")
+            subject, body = texts.cancelled_mail(
                 name=row["name"], domain=row["domain"], outcome=data.billing_outcome
             )
             await self.mailer.send(row["email"], subject, body, to_name=row["name"])
         elif data.kind == KIND_LOCKED:
-            subject, body = locked_mail(
+            subject, body = texts.locked_mail(
                 name=row["name"], domain=row["domain"], wrong_codes=MAX_WRONG_CODES
             )
             await self.mailer.send(row["email"], subject, body, to_name=row["name"])
@@ -176,13 +100,13 @@ class NoticeActivities:
                     "SLA at risk for service %s; OPS_EMAIL unset", data.service_id
                 )
                 return NoticeResult(sent=False)
-            await self.mailer.send(
-                self.ops_email,
-                f"[bajas] SLA en riesgo: baja del servicio {data.service_id}",
-                f"La baja del servicio {data.service_id} ({row['domain']}), workflow "
-                f"{info.workflow_id}, no terminó dentro del plazo configurado tras la "
-                "confirmación. Revise el workflow en la Web UI de Temporal.",
+            subject, body = texts.sla_alert_mail(
+                service_id=data.service_id,
+                domain=row["domain"],
+                workflow_id=info.workflow_id or "(unknown)",
+                problems=data.problems,
             )
+            await self.mailer.send(self.ops_email, subject, body)
         else:
             raise ValueError(f"unknown notice kind {data.kind!r}")
         await self.pool.execute(

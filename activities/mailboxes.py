@@ -10,12 +10,14 @@ from pathlib import Path
 import asyncpg
 from temporalio import activity
 
-from activities.audit import record
-from activities.safety import MAILBOXES, check_paths
-from bajas.models import DeprovisionInput, MailboxesResult, TransitionInput
+from activities.audit import record_work
+from activities.safety import check_paths
+from bajas.models import DeprovisionInput, MailboxesResult, Step
 
 
 class MailboxActivities:
+    """Deletes maildirs below MAIL_ROOT and marks their rows."""
+
     def __init__(self, pool: asyncpg.Pool, mail_root: Path) -> None:
         self.pool = pool
         self.mail_root = mail_root
@@ -26,7 +28,7 @@ class MailboxActivities:
         total = await self.pool.fetchval(
             "select count(*) from mailboxes where service_id = $1", data.service_id
         )
-        paths = await check_paths(self.pool, data.service_id, {MAILBOXES: self.mail_root})
+        paths = await check_paths(self.pool, data.service_id, {Step.MAILBOXES: self.mail_root})
         for mailbox_id, target in paths.maildirs:
             await asyncio.to_thread(_remove, target)
             await self.pool.execute(
@@ -34,16 +36,7 @@ class MailboxActivities:
                 mailbox_id,
             )
             activity.heartbeat(mailbox_id)
-        await record(
-            self.pool,
-            TransitionInput(
-                event="mailboxes_deleted",
-                service_id=data.service_id,
-                customer_id=data.customer_id,
-                actor="bajas",
-                details={"mailboxes_deleted": total},
-            ),
-        )
+        await record_work(self.pool, data, "mailboxes_deleted", {"mailboxes_deleted": total})
         return MailboxesResult(mailboxes_deleted=len(paths.maildirs), mailboxes_total=total)
 
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 import asyncpg
 from temporalio import activity
 
-from activities.audit import record
+from activities.audit import record, record_work
 from activities.mail import unsendable_fields
 from bajas.limits import BAD_CONTACT_DATA, Limits, request_refusal
 from bajas.models import (
@@ -139,19 +139,12 @@ class PanelDbActivities:
                 """,
                 data.service_id,
             )
-            await record(
+            await record_work(
                 conn,
-                TransitionInput(
-                    event="cancelled",
-                    service_id=data.service_id,
-                    customer_id=data.customer_id,
-                    actor="bajas",
-                    from_state=State.DEPROVISIONING,
-                    to_state=State.CANCELLED,
-                    billing_outcome=data.billing_outcome,
-                    details={
-                        "files_deleted": data.files_deleted,
-                        "mailboxes_deleted": data.mailboxes_deleted,
-                    },
-                ),
+                data,
+                "cancelled",
+                {"files_deleted": data.files_deleted, "mailboxes_deleted": data.mailboxes_deleted},
+                billing_outcome=data.billing_outcome,
+                from_state=State.DEPROVISIONING,
+                to_state=State.CANCELLED,
             )

@@ -24,9 +24,7 @@ from activities.paths import (
     lexically_overlaps,
     scan_tree,
 )
-
-FILES = "files"
-MAILBOXES = "mailboxes"
+from bajas.models import Step
 
 # Live paths of every other service, judged by the directory each names on disk (one
 # stat, links and `..` resolved by the kernel), so two spellings of one directory count
@@ -78,7 +76,7 @@ class ServicePaths:
 
 @dataclass
 class _Mine:
-    step: str
+    step: Step
     label: str
     target: str
     # the directories whose deletion this step implies or needs: the target, its
@@ -90,11 +88,12 @@ class _Mine:
 async def check_paths(
     pool: asyncpg.Pool,
     service_id: int,
-    roots: dict[str, Path],
+    roots: dict[Step, Path],
     panel: PanelPaths | None = None,
 ) -> ServicePaths:
-    """Check the paths of the steps named in `roots` ({FILES: HOSTING_ROOT, MAILBOXES:
-    MAIL_ROOT}); with `panel`, also that no other service shares them (the preflight)."""
+    """Check the paths of the steps named in `roots` ({Step.FILES: HOSTING_ROOT,
+    Step.MAILBOXES: MAIL_ROOT}); with `panel`, also that no other service shares them
+    (the preflight)."""
     try:
         return await _check(pool, service_id, roots, panel)
     except _Refusal as refusal:
@@ -102,13 +101,13 @@ async def check_paths(
 
 
 class _Refusal(Exception):
-    def __init__(self, step: str, message: str) -> None:
+    def __init__(self, step: Step, message: str) -> None:
         super().__init__(message)
         self.step = step
         self.message = message
 
 
-def _target(path: str | None, root: Path, what: str, step: str) -> str:
+def _target(path: str | None, root: Path, what: str, step: Step) -> str:
     try:
         return checked_target(path, root, what=what)
     except UnsafePath as err:
@@ -116,27 +115,29 @@ def _target(path: str | None, root: Path, what: str, step: str) -> str:
 
 
 async def _check(
-    pool: asyncpg.Pool, service_id: int, roots: dict[str, Path], panel: PanelPaths | None
+    pool: asyncpg.Pool, service_id: int, roots: dict[Step, Path], panel: PanelPaths | None
 ) -> ServicePaths:
     paths = ServicePaths()
     mine: list[_Mine] = []
-    if FILES in roots:
+    if Step.FILES in roots:
         document_root = await pool.fetchval(
             "select document_root from services where id = $1", service_id
         )
         if document_root:
-            paths.document_root = _target(document_root, roots[FILES], "document_root", FILES)
-            mine.append(_Mine(FILES, f"document_root {document_root!r}", paths.document_root))
-    if MAILBOXES in roots:
+            paths.document_root = _target(
+                document_root, roots[Step.FILES], "document_root", Step.FILES
+            )
+            mine.append(_Mine(Step.FILES, f"document_root {document_root!r}", paths.document_root))
+    if Step.MAILBOXES in roots:
         for row in await pool.fetch(
             "select id, maildir from mailboxes"
             " where service_id = $1 and deleted_at is null order by id",
             service_id,
         ):
             what = f"maildir of mailbox {row['id']}"
-            target = _target(row["maildir"], roots[MAILBOXES], what, MAILBOXES)
+            target = _target(row["maildir"], roots[Step.MAILBOXES], what, Step.MAILBOXES)
             paths.maildirs.append((row["id"], target))
-            mine.append(_Mine(MAILBOXES, f"{what} ({row['maildir']!r})", target))
+            mine.append(_Mine(Step.MAILBOXES, f"{what} ({row['maildir']!r})", target))
     for item in mine:
         item.taken |= ancestry(item.target)
         if os.path.isdir(item.target) and not os.path.islink(item.target):
@@ -144,7 +145,7 @@ async def _check(
                 files, _ = await asyncio.to_thread(scan_tree, item.target, item.taken)
             except UnsafePath as err:
                 raise _Refusal(item.step, str(err)) from None
-            if item.step == FILES:
+            if item.step is Step.FILES:
                 paths.files = files
     if mine and panel is not None:
         others = await panel.of_others(service_id)

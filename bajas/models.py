@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date
+from collections.abc import Sequence
+from datetime import date, timedelta
 from enum import StrEnum
+from typing import Any, Self
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field, ValidationError
 
 CODE_LENGTH = 6
 MAX_WRONG_CODES = 5
@@ -48,17 +50,48 @@ class StepStatus(StrEnum):
     FAILED = "failed"
 
 
+class Step(StrEnum):
+    """The deprovisioning steps, in the order they start."""
+
+    BILLING = "billing"
+    MAILBOXES = "mailboxes"
+    FILES = "files"
+
+
 class StepProgress(BaseModel):
+    """One step as `status` shows it.
+
+    `attempts` counts the step's activity executions so far; `error` is the last
+    failure in one line, kept while the next attempt runs and cleared when one
+    succeeds (`attempts` then says how many it took). `verified` is set once a check
+    has proven the resource gone.
+    """
+
     status: StepStatus = StepStatus.PENDING
     done: int = 0
     total: int | None = None
     detail: str | None = None
+    attempts: int = 0
+    error: str | None = None
+    verified: bool = False
+
+    def finish(self, result: StepResult) -> None:
+        self.status = StepStatus.DONE
+        self.done = result.done
+        self.total = result.total
+        self.detail = result.detail
+        self.error = None
 
 
 class Steps(BaseModel):
     billing: StepProgress = Field(default_factory=StepProgress)
     mailboxes: StepProgress = Field(default_factory=StepProgress)
     files: StepProgress = Field(default_factory=StepProgress)
+
+    def __getitem__(self, step: Step) -> StepProgress:
+        return {Step.BILLING: self.billing, Step.MAILBOXES: self.mailboxes, Step.FILES: self.files}[
+            step
+        ]
 
 
 def is_well_formed_code(code: object) -> bool:
@@ -150,7 +183,8 @@ class ServiceCheck(BaseModel):
     """The facts the workflow decides on. No personal data: it lands in history.
 
     The worker's timing settings travel here too, so the workflow reads them from
-    history instead of the environment.
+    history instead of the environment. This is the wire shape recorded in every
+    history; the workflow works with `accepted_service()`.
     """
 
     accepted: bool
@@ -165,13 +199,44 @@ class ServiceCheck(BaseModel):
     # steps; None when the central workers reach the data.
     server: str | None = None
 
+    def accepted_service(self) -> AcceptedService | None:
+        """The facts of an accepted service, none missing; None for a rejection."""
+        if not self.accepted:
+            return None
+        return AcceptedService.model_validate(
+            self.model_dump(exclude={"accepted", "rejection_reason"})
+        )
+
+
+class AcceptedService(BaseModel):
+    """A service the check accepted: what the workflow needs from it, nothing optional."""
+
+    domain: str
+    expires_on: date
+    payment_method: PaymentMethod
+    business_tz: str
+    confirmation_window_seconds: float
+    sla_limit_seconds: float
+
+    @property
+    def confirmation_window(self) -> timedelta:
+        return timedelta(seconds=self.confirmation_window_seconds)
+
+    @property
+    def sla_limit(self) -> timedelta:
+        return timedelta(seconds=self.sla_limit_seconds)
+
 
 class IssueCodeInput(BaseModel):
+    """`debit_cutoff` is the day from which an automatic debit is at the bank (None for
+    manual payers, and in inputs written before the field: their mail has no warning)."""
+
     service_id: int
     customer_id: int
     generation: int
     expires_at: AwareDatetime
     billing_preview: BillingOutcome
+    debit_cutoff: date | None = None
 
 
 class IssueCodeResult(BaseModel):
@@ -202,38 +267,107 @@ class TransitionInput(BaseModel):
     details: dict[str, int | str | bool | None] = Field(default_factory=dict)
 
 
-class BillingInput(BaseModel):
+class StepInput(BaseModel):
+    """The input of a deprovisioning step's activity; the workflow runs each attempt."""
+
     service_id: int
     customer_id: int
+
+    def resumed(self, details: Sequence[Any]) -> Self:
+        """The input of the next attempt, given the details a failed one left (its
+        last heartbeat, or its failure's details). Most steps simply start over."""
+        return self
+
+
+class StepResult(BaseModel):
+    """A finished step's result, as `status` counts it."""
+
+    @property
+    def done(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def total(self) -> int | None:
+        return self.done
+
+    @property
+    def detail(self) -> str | None:
+        return None
+
+
+class BillingInput(StepInput):
+    """The billing effects are decided by the workflow (the contract's table);
+    `close_billing` carries them out."""
+
     outcome: BillingOutcome
+    revoke_mandate: bool
+    void_renewal_invoices: bool
 
 
-class BillingResult(BaseModel):
+class BillingResult(StepResult):
     invoices_voided: int
     mandates_revoked: int
 
+    @property
+    def done(self) -> int:
+        return self.invoices_voided + self.mandates_revoked
 
-class DeprovisionInput(BaseModel):
-    service_id: int
-    customer_id: int
+    @property
+    def total(self) -> int | None:
+        return None
+
+    @property
+    def detail(self) -> str | None:
+        return f"{self.invoices_voided} invoices voided, {self.mandates_revoked} mandates revoked"
 
 
-class MailboxesResult(BaseModel):
+class DeprovisionInput(StepInput):
+    pass
+
+
+class MailboxesResult(StepResult):
     mailboxes_deleted: int
     mailboxes_total: int
 
+    @property
+    def done(self) -> int:
+        return self.mailboxes_total
+
 
 class FilesProgress(BaseModel):
-    """Heartbeat details of the files step: where a retried attempt picks up."""
+    """Heartbeat details of the files step (and of its failures): where a next
+    attempt picks up."""
 
     total: int
     deleted: int
 
 
-class FilesResult(BaseModel):
+class FilesInput(DeprovisionInput):
+    """`resume` is where the previous attempt got to: a new activity execution gets no
+    heartbeat details of the last one, so the workflow hands them over."""
+
+    resume: FilesProgress | None = None
+
+    def resumed(self, details: Sequence[Any]) -> Self:
+        try:
+            progress = FilesProgress.model_validate(details[0]) if details else None
+        except ValidationError:
+            progress = None
+        return self.model_copy(update={"resume": progress}) if progress else self
+
+
+class FilesResult(StepResult):
     files_deleted: int
     dirs_deleted: int
     resumed_from: int = 0
+
+    @property
+    def done(self) -> int:
+        return self.files_deleted
+
+    @property
+    def detail(self) -> str | None:
+        return f"resumed after {self.resumed_from} files" if self.resumed_from else None
 
 
 class FinishInput(BaseModel):
@@ -245,12 +379,14 @@ class FinishInput(BaseModel):
 
 
 class NoticeInput(BaseModel):
-    """A mail to the customer ("dado de baja") or to operations (SLA alert)."""
+    """A mail to the customer ("dado de baja") or to operations (SLA alert, with a line
+    per failing step in `problems`)."""
 
     kind: str
     service_id: int
     customer_id: int
     billing_outcome: BillingOutcome | None = None
+    problems: list[str] = Field(default_factory=list)
 
 
 class NoticeResult(BaseModel):

@@ -18,7 +18,7 @@ from rich.console import Console
 from temporalio.testing import ActivityEnvironment
 
 from activities.files import FilesActivities
-from bajas.models import DeprovisionInput, State
+from bajas.models import FilesInput, State
 from bench import baseline
 from bench.stack import Stack, per_dir, status_kib, verify_cancelled
 from starter.client import CancellationClient
@@ -288,7 +288,7 @@ async def deletion_run(
             t0 = time.perf_counter()
             result = await env.run(
                 activities.delete_files,
-                DeprovisionInput(service_id=site.service_id, customer_id=site.customer_id),
+                FilesInput(service_id=site.service_id, customer_id=site.customer_id),
             )
             spent = time.perf_counter() - t0
             cpu = meter.stop()

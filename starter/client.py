@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import timedelta
+from typing import Any
 
 from pydantic import BaseModel
 from temporalio.client import (
@@ -87,7 +88,7 @@ class CancellationClient:
         One round trip (update-with-start): answers once the code mail has left or the
         request was rejected, or after `wait` with the state as it is then.
         """
-        start = WithStartWorkflowOperation(
+        start: WithStartWorkflowOperation[Any, CancellationResult] = WithStartWorkflowOperation(
             WORKFLOW_TYPE,
             CancellationInput(
                 service_id=service_id,
@@ -132,13 +133,13 @@ class CancellationClient:
                 await start.workflow_handle()
             handle = self.handle(service_id)
             status = await self._query(handle)
-            run_id = (await handle.describe()).run_id
+            run_id: str | None = (await handle.describe()).run_id
         else:
             started = await start.workflow_handle()
             run_id = started.result_run_id or started.run_id
         if status.customer_id != customer_id:
             raise CancellationNotFound(f"service {service_id} not found for customer {customer_id}")
-        assert run_id is not None
+        assert run_id is not None  # a started workflow always has one
         return RequestAnswer(workflow_id=workflow_id_for(service_id), run_id=run_id, status=status)
 
     async def confirm(self, service_id: int, code: str) -> ConfirmResult:
@@ -167,21 +168,25 @@ class CancellationClient:
     async def withdraw(
         self, service_id: int, *, reason: str | None = None, by: str | None = None
     ) -> CancellationStatus:
-        """Withdraw a cancellation still awaiting its code; later states refuse it."""
-        handle = self.handle(service_id)
-        status = await self.status(service_id)
-        if status.state is not State.AWAITING_CONFIRMATION or status.confirmed_at is not None:
-            raise CancellationError(f"cannot withdraw: the cancellation is {status.state.value}")
+        """Withdraw a cancellation still awaiting its code; later states refuse it.
+
+        One `withdraw_cancellation` update: its validator refuses what cannot be
+        withdrawn, and the answer is the status right after the withdrawal.
+        """
         try:
-            await handle.signal("withdraw", WithdrawInput(reason=reason, by=by))
+            return await self.handle(service_id).execute_update(
+                "withdraw_cancellation",
+                WithdrawInput(reason=reason, by=by),
+                result_type=CancellationStatus,
+            )
+        except WorkflowUpdateFailedError as err:
+            raise CancellationError(_cause_message(err)) from err
         except RPCError as err:
-            raise _rpc_error(err, service_id) from err
-        for _ in range(100):
-            status = await self.status(service_id)
-            if status.state is not State.AWAITING_CONFIRMATION:
-                break
-            await asyncio.sleep(0.05)
-        return status
+            if "already completed" not in err.message:
+                raise _rpc_error(err, service_id) from err
+            # A closed run takes no update; it no longer changes, so say how it ended.
+            ended = await self._query(self.handle(service_id))
+        raise CancellationError(f"cannot withdraw: the cancellation is {ended.state.value}")
 
     async def status(self, service_id: int) -> CancellationStatus:
         """The `status` query, with the files step's live heartbeat progress merged in."""
@@ -225,9 +230,9 @@ def _service_of(workflow_id: str) -> int:
 
 
 def _cause_message(err: WorkflowUpdateFailedError) -> str:
-    cause = err.cause
-    while getattr(cause, "cause", None) is not None:
-        cause = cause.cause  # type: ignore[union-attr]
+    cause: BaseException = err.cause
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
     return str(getattr(cause, "message", None) or cause or err)
 
 

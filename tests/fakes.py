@@ -45,6 +45,7 @@ MAILBOXES = 3
 FILES = 120
 DIRS = 7
 EXPIRES_IN = timedelta(days=400)
+LOCKED_FILE = "/srv/www/ejemplo.com.ar/locked.php"
 
 
 def code_for(generation: int) -> str:
@@ -82,6 +83,10 @@ class FakeActivities:
     check_started: asyncio.Event = field(default_factory=asyncio.Event)
     # delete_files raises PathRefused this many times before it succeeds
     files_refusals: int = 0
+    # delete_files fails this many times on LOCKED_FILE (EPERM) before it goes on
+    files_failures: int = 0
+    # delete_files stops heartbeating (a dead worker, as the server sees it) this many times
+    files_hangs: int = 0
     # delete_files raises a retryable error asking for these retry delays, one per attempt
     files_retry_delays: list[timedelta] = field(default_factory=list)
     # delete_files waits on this gate when it is set to an Event
@@ -185,6 +190,13 @@ class FakeActivities:
                 type="PathRefused",
                 non_retryable=True,
             )
+        if self.files_failures > 0:
+            self.files_failures -= 1
+            raise PermissionError(1, "Operation not permitted", LOCKED_FILE)
+        if self.files_hangs > 0:
+            self.files_hangs -= 1
+            activity.heartbeat()
+            await asyncio.Event().wait()  # until the heartbeat timeout cancels it
         if self.files_retry_delays:
             raise ApplicationError(
                 "file server busy", type="Busy", next_retry_delay=self.files_retry_delays.pop(0)

@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from activities.errors import PATH_REFUSED
-from activities.safety import FILES, MAILBOXES, PanelPaths, check_paths
+from activities.safety import PanelPaths, check_paths
 from bajas.models import (
     MAX_RESENDS,
     MAX_WRONG_CODES,
@@ -33,6 +33,7 @@ from bajas.models import (
     ResendInput,
     RetryInput,
     State,
+    Step,
     StepStatus,
     WithdrawInput,
 )
@@ -46,6 +47,7 @@ from workflows.search_attributes import WORKFLOW_TYPE, workflow_id_for
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 30.0
+FILES, MAILBOXES = Step.FILES, Step.MAILBOXES
 
 
 CODE_SUBJECT = "Código de confirmación"

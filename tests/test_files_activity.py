@@ -18,7 +18,7 @@ from temporalio.exceptions import CancelledError
 from temporalio.testing import ActivityEnvironment
 
 from activities.files import FilesActivities
-from bajas.models import DeprovisionInput, FilesProgress, FilesResult
+from bajas.models import FilesInput, FilesProgress, FilesResult
 from tests.helpers.panel import Panel, ServiceFixture, tree_files
 
 pytestmark = pytest.mark.integration
@@ -31,7 +31,7 @@ class Run:
         self, pool: asyncpg.Pool, panel: Panel, svc: ServiceFixture, *, cancel: bool = False
     ) -> None:
         self.activities = FilesActivities(pool, panel.hosting_root)
-        self.input = DeprovisionInput(service_id=svc.service_id, customer_id=svc.customer_id)
+        self.input = FilesInput(service_id=svc.service_id, customer_id=svc.customer_id)
         self.env = ActivityEnvironment()
         self.heartbeats: list[FilesProgress] = []
         self.cancel = cancel

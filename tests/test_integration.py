@@ -14,6 +14,8 @@ import binascii
 import calendar
 import json
 import re
+import shutil
+import subprocess
 import uuid
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
@@ -521,6 +523,59 @@ async def test_maildir_refused(stack: Any, tmp_path: Path, case: str) -> None:
         assert done_mails(stack, svc.domain) == []
     finally:
         await terminate(stack, svc.service_id)
+
+
+# ---- a file that cannot be deleted --------------------------------------------------------
+
+
+def chattr(flag: str, path: Path) -> bool:
+    """Set or clear a file attribute; False where chattr is missing or not allowed."""
+    if shutil.which("chattr") is None:
+        return False
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+
+
+async def test_undeletable_file_shows_in_status_until_it_is_fixed(stack: Any) -> None:
+    """An immutable file (even root cannot unlink it): the files step keeps trying, says
+    why in one line, finishes nothing, and the cancellation completes once it is fixed."""
+    svc = await stack.panel.service(files=5, mailboxes=1)
+    sid = svc.service_id
+    assert svc.document_root is not None
+    locked = svc.document_root / "d0000" / "locked.php"
+    locked.write_text("<?php // still written by a cron job")
+    if not chattr("+i", locked):
+        pytest.skip(
+            "chattr +i does not work here (no chattr, no CAP_LINUX_IMMUTABLE, or no such flag)"
+        )
+    try:
+        run_id, code = await request_and_code(stack, svc)
+        await confirm_ok(stack, svc, code)
+        status = await wait_status(
+            stack,
+            sid,
+            lambda s: s.steps.files.attempts >= 2 and s.steps.files.error is not None,
+            "the files step failing twice",
+        )
+        error = status.steps.files.error or ""
+        assert error == "PermissionError: [Errno 1] Operation not permitted: '…/locked.php'"
+        assert status.state is State.DEPROVISIONING
+        assert status.steps.files.status is StepStatus.RUNNING
+        assert locked.exists()
+        assert (await service_row(stack, sid))["status"] == "active"
+        assert done_mails(stack, svc.domain) == []
+    finally:
+        chattr("-i", locked)
+
+    result = await result_of(stack, sid)
+    assert result.state is State.CANCELLED
+    assert result.files_deleted == 6  # what the failed attempts deleted counts too
+    assert not svc.document_root.exists()
+    status = await stack.cancellations.status(sid)
+    assert status.steps.files.status is StepStatus.DONE
+    assert status.steps.files.error is None and status.steps.files.attempts >= 3
+    trail = await audit(stack, run_id)
+    assert trail["files_deleted"]["details"]["files_deleted"] == 6
+    assert trail["cancelled"]["details"] == {"files_deleted": 6, "mailboxes_deleted": 1}
 
 
 # ---- one cancellation per service -------------------------------------------------------

@@ -21,10 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bajas.models import BillingOutcome, PaymentMethod
+from bajas.texts import debit_warning
 from workflows.rules import (
+    auto_debit_cutoff,
     billing_outcome,
     debit_cutoff,
-    debit_warning_es,
     local_date,
     outcome_at,
     revokes_mandate,
@@ -368,7 +369,13 @@ def test_billing_effects(outcome: BillingOutcome, revokes: bool, voids: bool) ->
     assert voids_renewal_invoices(outcome) is voids
 
 
-# --- debit_warning_es ---------------------------------------------------------------------
+# --- the debit warning ---------------------------------------------------------------------
+
+
+def debit_warning_es(expires_on: date, method: PaymentMethod | str) -> str | None:
+    """The warning as the code mail and the panel build it: the rule's cut-off, then the text."""
+    return debit_warning(auto_debit_cutoff(expires_on, method))
+
 
 MESES = (
     "enero", "febrero", "marzo", "abril", "mayo", "junio",

@@ -20,7 +20,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import pytest_asyncio
-from temporalio.client import WorkflowHandle, WorkflowQueryFailedError, WorkflowUpdateFailedError
+from temporalio.api.sdk.v1 import WorkflowMetadata
+from temporalio.client import (
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -234,6 +240,7 @@ async def test_happy_path_confirm_signal_cancels_in_order(h: Harness) -> None:
         generation=1,
         expires_at=st.requested_at + WINDOW,
         billing_preview=BillingOutcome.DEBIT_CANCELLED,
+        debit_cutoff=rules.debit_cutoff(check.expires_on),
     )
     assert f.inputs("verify_code") == [
         VerifyCodeInput(generation=1, code="123456", service_id=h.service_id)
@@ -246,6 +253,8 @@ async def test_happy_path_confirm_signal_cancels_in_order(h: Harness) -> None:
             service_id=h.service_id,
             customer_id=CUSTOMER,
             outcome=BillingOutcome.DEBIT_CANCELLED,
+            revoke_mandate=True,
+            void_renewal_invoices=True,
         )
     ]
     assert f.inputs("delete_mailboxes") == [target]
@@ -580,6 +589,37 @@ async def test_withdraw_before_the_code_is_mailed_sends_no_code(h: Harness) -> N
     assert f.inputs("issue_code") == []
 
 
+async def test_withdraw_update_answers_the_withdrawn_status(h: Harness) -> None:
+    f = h.fakes
+    handle = await h.start()
+    await code_sent(handle)
+    st = await handle.execute_update(
+        ServiceCancellation.withdraw_cancellation, WithdrawInput(by="customer")
+    )
+    assert st.state is State.WITHDRAWN
+    assert st.finished_at is not None and st.code_sent
+    result = await result_of(handle)
+    assert result.state is State.WITHDRAWN
+    [withdrawn] = f.inputs("record_transition")
+    assert (withdrawn.event, withdrawn.actor) == ("withdrawn", "customer")
+    assert_nothing_deprovisioned(f)
+
+
+async def test_withdraw_update_refused_once_confirmed(h: Harness) -> None:
+    f = h.fakes
+    f.files_gate = asyncio.Event()
+    handle = await h.start()
+    await handle.signal(ServiceCancellation.confirm, ConfirmInput(code=code_for(1)))
+    await asyncio.wait_for(f.files_started.wait(), 10)
+    with pytest.raises(WorkflowUpdateFailedError) as err:
+        await handle.execute_update(ServiceCancellation.withdraw_cancellation, WithdrawInput())
+    assert "cannot withdraw: the cancellation is deprovisioning" in str(err.value.cause)
+    f.files_gate.set()
+    assert (await result_of(handle)).state is State.CANCELLED
+    assert "withdrawn" not in f.events()
+    assert_deprovisioned_in_order(f)
+
+
 async def test_withdraw_during_deprovisioning_is_ignored(h: Harness) -> None:
     f = h.fakes
     f.files_gate = asyncio.Event()
@@ -660,6 +700,94 @@ async def test_refused_path_waits_for_retry(h: Harness) -> None:
     st = await status(handle)
     assert st.steps.files.status is StepStatus.DONE
     assert not st.sla_at_risk
+
+
+async def current_details(handle: WorkflowHandle[Any, Any]) -> str:
+    """What the Web UI shows as the workflow's current details."""
+    metadata = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+    return str(metadata.current_details)
+
+
+async def test_failing_step_shows_its_error_and_retries_until_it_works(h: Harness) -> None:
+    """Attempts and the last error are in `status` and the Web UI while the step fails;
+    nothing after it happens until it works. Once it does, `error` is cleared and
+    `attempts` says how many it took."""
+    f = h.fakes
+    f.files_failures = 3
+    f.files_gate = asyncio.Event()  # the fourth attempt waits here
+    handle = await h.start()
+    await handle.signal(ServiceCancellation.confirm, ConfirmInput(code=code_for(1)))
+    st = await wait_status(handle, lambda s: s.steps.files.attempts == 4, timeout=30)
+    line = "PermissionError: [Errno 1] Operation not permitted: '…/locked.php'"
+    assert st.state is State.DEPROVISIONING
+    assert st.steps.files.status is StepStatus.RUNNING
+    assert st.steps.files.error == line
+    assert (st.steps.billing.attempts, st.steps.billing.error) == (1, None)
+    assert f"files: attempt 4, {line}" in await current_details(handle)
+    assert len(f.inputs("delete_files")) == 4
+    assert "finish_cancellation" not in f.names()
+    assert "cancelled" not in f.notice_kinds()
+
+    f.files_gate.set()
+    result = await result_of(handle)
+    assert result.state is State.CANCELLED
+    assert result.files_deleted == fakes.FILES
+    st = await status(handle)
+    assert st.steps.files.status is StepStatus.DONE
+    assert (st.steps.files.attempts, st.steps.files.error) == (4, None)
+    assert st.steps.files.done == fakes.FILES
+    assert "locked.php" not in await current_details(handle)
+    calls = f.deprovisioning_calls()
+    assert (calls[0], calls[-1]) == ("close_billing", "finish_cancellation")
+    assert (calls.count("delete_files"), calls.count("finish_cancellation")) == (4, 1)
+
+
+async def test_a_worker_that_stops_answering_is_named_as_such(h: Harness) -> None:
+    f = h.fakes
+    f.files_hangs = 1
+    f.files_gate = asyncio.Event()  # the second attempt waits here
+    handle = await h.start()
+    await handle.signal(ServiceCancellation.confirm, ConfirmInput(code=code_for(1)))
+    st = await wait_status(handle, lambda s: s.steps.files.attempts == 2, timeout=40)
+    assert st.steps.files.error == "the worker stopped answering (no heartbeat for 10 s)"
+    assert st.state is State.DEPROVISIONING
+    f.files_gate.set()
+    assert (await result_of(handle)).state is State.CANCELLED
+    st = await status(handle)
+    assert (st.steps.files.status, st.steps.files.attempts) == (StepStatus.DONE, 2)
+
+
+async def test_cancelling_the_workflow_is_not_a_failed_attempt(h: Harness) -> None:
+    """After the SLA alert `run` awaits the steps themselves, so a cancellation of the
+    workflow reaches the running activity: the step must stop, not try again."""
+    f = h.fakes
+    f.check = accepted_check(sla_limit_seconds=2)
+    f.files_gate = asyncio.Event()
+    handle = await h.start()
+    await handle.signal(ServiceCancellation.confirm, ConfirmInput(code=code_for(1)))
+    await asyncio.wait_for(f.files_started.wait(), 10)
+    await wait_status(handle, lambda s: s.sla_at_risk)
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await result_of(handle)
+    assert len(f.inputs("delete_files")) == 1
+    assert "finish_cancellation" not in f.names()
+    assert (await status(handle)).steps.files.error is None
+
+
+async def test_sla_alert_names_the_failing_step(h: Harness) -> None:
+    f = h.fakes
+    f.check = accepted_check(sla_limit_seconds=3600)
+    f.files_retry_delays = [timedelta(hours=2)]
+    handle = await h.start()
+    await handle.signal(ServiceCancellation.confirm, ConfirmInput(code=code_for(1)))
+    assert (await result_of(handle)).state is State.CANCELLED
+    [sla] = [n for n in f.inputs("send_notice") if n.kind == "sla_at_risk"]
+    assert sla.problems == ["files: attempt 1, Busy: file server busy"]
+    [done] = [n for n in f.inputs("send_notice") if n.kind == "cancelled"]
+    assert done.problems == []
+    st = await status(handle)
+    assert (st.steps.files.attempts, st.steps.files.error) == (2, None)
 
 
 @pytest.mark.time_skipping

@@ -7,13 +7,21 @@ The code itself never enters this workflow: `issue_code` makes and mails it, and
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    FailureError,
+    TimeoutType,
+)
+from temporalio.exceptions import TimeoutError as AttemptTimeout
 
 with workflow.unsafe.imports_passed_through():
     from activities.billing import BillingActivities
@@ -26,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
     from bajas.models import (
         MAX_RESENDS,
         MAX_WRONG_CODES,
+        AcceptedService,
         BillingInput,
         BillingOutcome,
         CancellationInput,
@@ -34,16 +43,19 @@ with workflow.unsafe.imports_passed_through():
         ConfirmInput,
         ConfirmResult,
         DeprovisionInput,
+        FilesInput,
         FinishInput,
         IssueCodeInput,
+        IssueCodeResult,
         NoticeInput,
         ResendInput,
         ResendResult,
         RetryInput,
-        ServiceCheck,
         ServiceCheckInput,
         State,
-        StepProgress,
+        Step,
+        StepInput,
+        StepResult,
         Steps,
         StepStatus,
         TransitionInput,
@@ -60,8 +72,6 @@ with workflow.unsafe.imports_passed_through():
         WORKFLOW_TYPE,
     )
 
-T = TypeVar("T")
-
 RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
@@ -76,16 +86,37 @@ LOCK_NOTICE = "lock-notice"
 # A dead worker is noticed this fast during a deletion; progress reaches the server
 # about every 0.8 of it (the SDK throttles heartbeats).
 HEARTBEAT = timedelta(seconds=10)
+# A step's attempts are run by `_step`, one activity execution each, since the workflow
+# cannot see retries done by the server: every failure then shows at once in `status`.
+ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
+# The wait before the next attempt of a failing step: doubling, capped near a minute.
+FIRST_BACKOFF = timedelta(seconds=1)
+MAX_BACKOFF = timedelta(seconds=60)
+# An error line stays readable whatever it quotes.
+ERROR_CHARS = 300
+QUOTED_PATH = re.compile(r"'(/[^']*)'")
+ATTEMPT_TIMEOUTS = {
+    TimeoutType.HEARTBEAT: (
+        f"the worker stopped answering (no heartbeat for {HEARTBEAT.seconds} s)"
+    ),
+    TimeoutType.START_TO_CLOSE: "the attempt ran past its time limit",
+    TimeoutType.SCHEDULE_TO_START: "no worker took the attempt",
+}
 
-
-def _path_refusal(err: BaseException | None) -> ApplicationError | None:
-    """The PathRefused error behind `err`: wrapped in ActivityError for regular
-    activities, bare for local ones."""
-    while err is not None:
-        if isinstance(err, ApplicationError) and err.type == PATH_REFUSED:
-            return err
-        err = err.cause if isinstance(err, ActivityError | ApplicationError) else None
-    return None
+# An activity method of a deprovisioning step, e.g. `FilesActivities.delete_files`.
+StepActivity = Callable[[Any, Any], Awaitable[StepResult]]
+# How long one attempt of each step may take, and what the Web UI calls it. Billing
+# is a short local activity; the deletions heartbeat.
+STEP_TIMEOUTS = {
+    Step.BILLING: SHORT,
+    Step.MAILBOXES: timedelta(minutes=30),
+    Step.FILES: timedelta(hours=6),
+}
+STEP_SUMMARIES = {
+    Step.BILLING: "close billing",
+    Step.MAILBOXES: "delete mailboxes",
+    Step.FILES: "delete the site's files",
+}
 
 
 @workflow.defn(name=WORKFLOW_TYPE)
@@ -96,27 +127,26 @@ class ServiceCancellation:
     def __init__(self, data: CancellationInput) -> None:
         self.input = data
         self.state = State.AWAITING_CONFIRMATION
+        self.requested_at = workflow.now()
+        # Set once the service check has accepted the request.
+        self.service: AcceptedService | None = None
+        self.rejection_reason: str | None = None
+        # The code out by mail; a resend replaces it.
+        self.code: IssueCodeResult | None = None
         self.attempts_left = MAX_WRONG_CODES
         self.resends_left = MAX_RESENDS
-        self.generation = 0
-        self.code_expires_at: datetime | None = None
-        self.requested_at: datetime | None = None
         self.confirmed_at: datetime | None = None
-        self.finished_at: datetime | None = None
-        self.check: ServiceCheck | None = None
-        self.billing_preview: BillingOutcome | None = None
         self.billing_outcome: BillingOutcome | None = None
-        self.sla_at_risk = False
+        self.finished_at: datetime | None = None
         self.steps = Steps()
+        self.sla_at_risk = False
         self.retry_requested = False
         self.withdrawn_by: str | None = None
+        # Checking a code, sending a new one and expiring the window each read and
+        # change the current code across an activity: one at a time.
         self.code_lock = asyncio.Lock()
-        self.files_deleted = 0
-        self.mailboxes_deleted = 0
         self.audit_wrong_codes = False
         self.mail_as_activity = False
-
-    # ---- the main sequence ---------------------------------------------------------
 
     @workflow.run
     async def run(self, data: CancellationInput) -> CancellationResult:
@@ -125,7 +155,6 @@ class ServiceCancellation:
         self.audit_wrong_codes = workflow.patched(AUDIT_WRONG_CODES)
         self.mail_as_activity = workflow.patched(MAIL_AS_ACTIVITY)
         lock_notice = workflow.patched(LOCK_NOTICE)
-        self.requested_at = workflow.now()
         workflow.upsert_search_attributes(
             [
                 SERVICE_ID.value_set(str(data.service_id)),
@@ -134,7 +163,7 @@ class ServiceCancellation:
                 SLA_AT_RISK.value_set(False),
             ]
         )
-        self.check = await workflow.execute_local_activity_method(
+        check = await workflow.execute_local_activity_method(
             PanelDbActivities.check_service,
             ServiceCheckInput(
                 service_id=data.service_id,
@@ -146,53 +175,233 @@ class ServiceCancellation:
             retry_policy=RETRY,
             summary="check the service",
         )
-        if not self.check.accepted:
+        service = check.accepted_service()
+        if service is None:
+            self.rejection_reason = check.rejection_reason
             self._set_state(State.REJECTED)
             return await self._result()
 
-        assert self.check.expires_on is not None and self.check.payment_method is not None
-        self.billing_preview = self._outcome_at(self.requested_at)
+        self.service = service
         if self.state is State.AWAITING_CONFIRMATION:  # not withdrawn during the check
             async with self.code_lock:
-                await self._issue_code(self.requested_at + self._window())
+                await self._issue_code(service, self.requested_at + service.confirmation_window)
 
-        await self._await_confirmation()
-        if self.confirmed_at is None:
+        confirmed_at = await self._await_confirmation()
+        if confirmed_at is None:  # expired, withdrawn or locked
             await self._transition(self.state.value, self.state)
             if lock_notice and self.state is State.LOCKED:
                 await self._notice(KIND_LOCKED)  # "alguien intentó dar de baja…"
             return await self._result()
 
-        await self._deprovision_within_sla()
+        self.billing_outcome = self._outcome_at(service, confirmed_at)
+        await self._deprovision_within_sla(service, confirmed_at, self.billing_outcome)
         return await self._result()
 
-    async def _await_confirmation(self) -> None:
-        """Wait for a valid code, a withdrawal, a lock-out or the end of the window."""
-        while self.state is State.AWAITING_CONFIRMATION:
-            assert self.code_expires_at is not None
-            left = max(self.code_expires_at - workflow.now(), timedelta(seconds=1))
+    # ---- signals ----------------------------------------------------------------------
+
+    @workflow.signal(name="confirm")
+    async def confirm(self, data: ConfirmInput | None = None) -> None:
+        """The code as the contract's signal: a malformed one is ignored, a wrong one counts."""
+        if data is None or not is_well_formed_code(data.code):
+            workflow.logger.info("confirm signal with a malformed code ignored")
+            return
+        await self._confirm(data.code)
+
+    @workflow.signal(name="withdraw")
+    def withdraw(self, data: WithdrawInput | None = None) -> None:
+        """The customer changed their mind; ignored once confirmed or ended."""
+        if self.state is not State.AWAITING_CONFIRMATION:
+            workflow.logger.info("withdraw ignored in state %s", self.state)
+            return
+        self._withdraw(data)
+
+    @workflow.signal(name="retry")
+    def retry(self, data: RetryInput | None = None) -> None:
+        """After an operator fixes a refused path in the panel database."""
+        self.retry_requested = True
+
+    # ---- updates ----------------------------------------------------------------------
+
+    @workflow.update(name="confirm_code")
+    async def confirm_code(self, data: ConfirmInput | None = None) -> ConfirmResult:
+        """The code, answered: whether it was accepted and how many tries are left."""
+        if data is None:  # the validator refuses it; this only satisfies the type
+            raise ApplicationError("the confirmation code must be exactly 6 digits")
+        return await self._confirm(data.code)
+
+    @confirm_code.validator
+    def _check_confirm_code(self, data: ConfirmInput | None = None) -> None:
+        if data is None or not is_well_formed_code(data.code):
+            raise ValueError("the confirmation code must be exactly 6 digits")
+        if self.state is not State.AWAITING_CONFIRMATION:
+            raise ValueError(f"this cancellation is not awaiting confirmation (state {self.state})")
+
+    @workflow.update(name="resend_code")
+    async def resend_code(self, data: ResendInput | None = None) -> ResendResult:
+        """A new code by mail: the old one stops working and the window starts again."""
+        async with self.code_lock:
+            service = self.service
+            if (
+                service is None
+                or self.state is not State.AWAITING_CONFIRMATION
+                or self.resends_left <= 0
+            ):
+                raise ApplicationError("a new code cannot be sent now", type="ResendRefused")
+            self.resends_left -= 1
+            expires_at = workflow.now() + service.confirmation_window
+            await self._issue_code(service, expires_at)
+            return ResendResult(code_expires_at=expires_at, resends_left=self.resends_left)
+
+    @resend_code.validator
+    def _check_resend(self, data: ResendInput | None = None) -> None:
+        if self.state is not State.AWAITING_CONFIRMATION:
+            raise ValueError(f"this cancellation is not awaiting confirmation (state {self.state})")
+        if self.resends_left <= 0:
+            raise ValueError(f"no resends left (at most {MAX_RESENDS})")
+        if self.service is None:
+            raise ValueError("the service check has not finished yet")
+
+    @workflow.update(name="withdraw_cancellation")
+    def withdraw_cancellation(self, data: WithdrawInput | None = None) -> CancellationStatus:
+        """The `withdraw` signal as an update, so the caller learns at once whether it
+        took and where the cancellation stands, without polling."""
+        self._withdraw(data)
+        return self.status()
+
+    @withdraw_cancellation.validator
+    def _check_withdraw(self, data: WithdrawInput | None = None) -> None:
+        if self.state is not State.AWAITING_CONFIRMATION:
+            raise ValueError(f"cannot withdraw: the cancellation is {self.state.value}")
+
+    @workflow.update(name="wait_for_code")
+    async def wait_for_code(self) -> CancellationStatus:
+        """For update-with-start: answers once the code mail has left or the request ended."""
+        await workflow.wait_condition(
+            lambda: self.code is not None or self.state is not State.AWAITING_CONFIRMATION
+        )
+        return self.status()
+
+    # ---- the query --------------------------------------------------------------------
+
+    @workflow.query(name="status")
+    def status(self) -> CancellationStatus:
+        """Where the cancellation stands: what the panel and operators read."""
+        service = self.service
+        return CancellationStatus(
+            state=self.state,
+            service_id=self.input.service_id,
+            customer_id=self.input.customer_id,
+            requested_by=self.input.requested_by,
+            domain=service.domain if service else None,
+            attempts_left=self.attempts_left,
+            resends_left=self.resends_left,
+            code_sent=self.code is not None,
+            code_expires_at=self.code.expires_at if self.code else None,
+            requested_at=self.requested_at,
+            confirmed_at=self.confirmed_at,
+            finished_at=self.finished_at,
+            billing_preview=self._outcome_at(service, self.requested_at) if service else None,
+            billing_outcome=self.billing_outcome,
+            rejection_reason=self.rejection_reason,
+            sla_at_risk=self.sla_at_risk,
+            steps=self.steps.model_copy(deep=True),
+        )
+
+    # ---- the confirmation ---------------------------------------------------------------
+
+    async def _await_confirmation(self) -> datetime | None:
+        """Wait for a valid code, a withdrawal, a lock-out or the end of the code's
+        window (a resend moves it); the instant of the confirmation, or None."""
+        while self.state is State.AWAITING_CONFIRMATION and self.code is not None:
+            left = max(self.code.expires_at - workflow.now(), timedelta(seconds=1))
             try:
                 await workflow.wait_condition(
                     lambda: self.state is not State.AWAITING_CONFIRMATION,
                     timeout=left,
                     timeout_summary="confirmation window",
                 )
-                return
             except TimeoutError:
                 # A verification under way finishes first; a resend may have moved the end.
                 async with self.code_lock:
                     if (
-                        self.confirmed_at is None
-                        and self.state is State.AWAITING_CONFIRMATION
-                        and workflow.now() >= self.code_expires_at
+                        self.state is State.AWAITING_CONFIRMATION
+                        and workflow.now() >= self.code.expires_at
                     ):
                         self._set_state(State.EXPIRED)
+        return self.confirmed_at
 
-    async def _deprovision_within_sla(self) -> None:
-        assert self.check is not None and self.confirmed_at is not None
+    async def _confirm(self, code: str) -> ConfirmResult:
+        received_at = workflow.now()
+        # A code may be typed before this run has recorded that its mail left.
+        await workflow.wait_condition(
+            lambda: self.code is not None or self.state is not State.AWAITING_CONFIRMATION
+        )
+        async with self.code_lock:
+            current = self.code
+            if (
+                current is None
+                or self.state is not State.AWAITING_CONFIRMATION
+                or received_at >= current.expires_at
+            ):
+                return self._confirm_result(False)
+            verdict = await workflow.execute_local_activity_method(
+                CodeActivities.verify_code,
+                VerifyCodeInput(
+                    generation=current.generation, code=code, service_id=self.input.service_id
+                ),
+                start_to_close_timeout=SHORT,
+                retry_policy=RETRY,
+                summary="check a submitted code",
+            )
+            if self.state is not State.AWAITING_CONFIRMATION:  # withdrawn meanwhile
+                return self._confirm_result(False)
+            if verdict.accepted:
+                self.confirmed_at = received_at
+                self._set_state(State.DEPROVISIONING)
+            else:
+                self.attempts_left -= 1
+                if self.attempts_left <= 0:
+                    self._set_state(State.LOCKED)
+                # Added after v1: runs recorded before it replay without this step.
+                if self.audit_wrong_codes:
+                    wrong = MAX_WRONG_CODES - self.attempts_left
+                    await self._transition(f"code_rejected:{wrong}", None)
+            self._publish()
+            return self._confirm_result(verdict.accepted)
+
+    def _confirm_result(self, accepted: bool) -> ConfirmResult:
+        return ConfirmResult(accepted=accepted, attempts_left=self.attempts_left, state=self.state)
+
+    def _withdraw(self, data: WithdrawInput | None) -> None:
+        self.withdrawn_by = (data.by if data else None) or "withdraw"
+        self._set_state(State.WITHDRAWN)
+
+    async def _issue_code(self, service: AcceptedService, expires_at: datetime) -> None:
+        """Mail a new code; the caller holds `code_lock`, so no check runs meanwhile."""
+        generation = (self.code.generation if self.code else 0) + 1
+        await self._mail_step(
+            CodeActivities.issue_code,
+            IssueCodeInput(
+                service_id=self.input.service_id,
+                customer_id=self.input.customer_id,
+                generation=generation,
+                expires_at=expires_at,
+                billing_preview=self._outcome_at(service, self.requested_at),
+                debit_cutoff=rules.auto_debit_cutoff(service.expires_on, service.payment_method),
+            ),
+            summary=f"mail confirmation code #{generation}",
+        )
+        self.code = IssueCodeResult(generation=generation, expires_at=expires_at)
+        self._publish()
+
+    # ---- deprovisioning -----------------------------------------------------------------
+
+    async def _deprovision_within_sla(
+        self, service: AcceptedService, confirmed_at: datetime, outcome: BillingOutcome
+    ) -> None:
         await self._transition("confirmed", State.DEPROVISIONING, State.AWAITING_CONFIRMATION)
-        work = asyncio.ensure_future(self._deprovision())
-        deadline = self.confirmed_at + timedelta(seconds=self.check.sla_limit_seconds)
+        work = asyncio.ensure_future(self._deprovision(outcome))
+        deadline = confirmed_at + service.sla_limit
         try:
             await workflow.wait_condition(
                 work.done,
@@ -203,138 +412,127 @@ class ServiceCancellation:
             await self._raise_sla_alert()
         await work
 
-    async def _deprovision(self) -> None:
+    async def _deprovision(self, outcome: BillingOutcome) -> None:
         """Billing first, then mailboxes and files side by side, then the final mark."""
-        assert self.billing_outcome is not None
-        target = DeprovisionInput(
-            service_id=self.input.service_id, customer_id=self.input.customer_id
-        )
-        billing = await self._step(
-            "billing",
-            lambda: workflow.execute_local_activity_method(
-                BillingActivities.close_billing,
-                BillingInput(
-                    service_id=self.input.service_id,
-                    customer_id=self.input.customer_id,
-                    outcome=self.billing_outcome,  # type: ignore[arg-type]
-                ),
-                start_to_close_timeout=SHORT,
-                retry_policy=RETRY,
-                summary=f"close billing: {self.billing_outcome}",
+        service_id, customer_id = self.input.service_id, self.input.customer_id
+        target = DeprovisionInput(service_id=service_id, customer_id=customer_id)
+        await self._step(
+            Step.BILLING,
+            BillingActivities.close_billing,
+            BillingInput(
+                service_id=service_id,
+                customer_id=customer_id,
+                outcome=outcome,
+                revoke_mandate=rules.revokes_mandate(outcome),
+                void_renewal_invoices=rules.voids_renewal_invoices(outcome),
             ),
         )
-        self.steps.billing.done = billing.invoices_voided + billing.mandates_revoked
-        self.steps.billing.detail = f"{billing.invoices_voided} invoices voided, {billing.mandates_revoked} mandates revoked"
-        mailboxes, files = await asyncio.gather(
+        await asyncio.gather(
+            self._step(Step.MAILBOXES, MailboxActivities.delete_mailboxes, target),
             self._step(
-                "mailboxes",
-                lambda: workflow.execute_activity_method(
-                    MailboxActivities.delete_mailboxes,
-                    target,
-                    start_to_close_timeout=timedelta(minutes=30),
-                    heartbeat_timeout=HEARTBEAT,
-                    retry_policy=RETRY,
-                    summary="delete mailboxes",
-                ),
-            ),
-            self._step(
-                "files",
-                lambda: workflow.execute_activity_method(
-                    FilesActivities.delete_files,
-                    target,
-                    start_to_close_timeout=timedelta(hours=6),
-                    heartbeat_timeout=HEARTBEAT,
-                    retry_policy=RETRY,
-                    summary="delete the site's files",
-                ),
+                Step.FILES,
+                FilesActivities.delete_files,
+                FilesInput(service_id=service_id, customer_id=customer_id),
             ),
         )
-        self.mailboxes_deleted = mailboxes.mailboxes_total
-        self.steps.mailboxes.done = mailboxes.mailboxes_total
-        self.steps.mailboxes.total = mailboxes.mailboxes_total
-        self.files_deleted = files.files_deleted
-        self.steps.files.done = files.files_deleted
-        self.steps.files.total = files.files_deleted
-        if files.resumed_from:
-            self.steps.files.detail = f"resumed after {files.resumed_from} files"
         await workflow.execute_local_activity_method(
             PanelDbActivities.finish_cancellation,
             FinishInput(
-                service_id=self.input.service_id,
-                customer_id=self.input.customer_id,
-                billing_outcome=self.billing_outcome,
-                files_deleted=self.files_deleted,
-                mailboxes_deleted=self.mailboxes_deleted,
+                service_id=service_id,
+                customer_id=customer_id,
+                billing_outcome=outcome,
+                files_deleted=self.steps.files.done,
+                mailboxes_deleted=self.steps.mailboxes.done,
             ),
             start_to_close_timeout=SHORT,
             retry_policy=RETRY,
             summary="mark the service cancelled",
         )
-        self.finished_at = workflow.now()
         self._set_state(State.CANCELLED)
         await self._notice(KIND_CANCELLED)
 
-    async def _step(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Run one deprovisioning step; a refused path waits for an operator's `retry`."""
-        progress: StepProgress = getattr(self.steps, name)
+    async def _step(self, step: Step, activity: StepActivity, arg: StepInput) -> None:
+        """Run one deprovisioning step to its end and record its result in `steps`.
+
+        One activity execution per attempt, so each failure shows at once in `status`,
+        the Web UI and the SLA alert; the next attempt follows after a capped backoff,
+        for as long as the cause lasts. A refused path waits for an operator's `retry`.
+        """
+        progress = self.steps[step]
         while True:
+            progress.attempts += 1
             progress.status = StepStatus.RUNNING
             progress.detail = None
             self._publish()
             try:
-                result = await call()
+                result = await self._attempt(step, activity, arg)
             except (ActivityError, ApplicationError) as err:
-                cause = _path_refusal(err)
-                if cause is None:
-                    raise
-                # The refusal names the step whose path is unsafe; billing's preflight
-                # may refuse on behalf of files or mailboxes.
-                refused_name = str(cause.details[0]) if cause.details else name
-                refused: StepProgress = getattr(self.steps, refused_name, progress)
-                if refused is not progress:
-                    progress.status = StepStatus.PENDING
-                    progress.detail = f"waiting for the {refused_name} step's path to be fixed"
-                refused.status = StepStatus.REFUSED
-                refused.detail = cause.message
-                self.retry_requested = False
+                if any(isinstance(c, CancelledError) for c in _causes(err)):
+                    raise  # the workflow is being cancelled: not a failed attempt
+                refusal = _path_refusal(err)
+                if refusal is not None:
+                    await self._await_retry(step, refusal)
+                    continue
+                progress.error = _one_line(err)
+                arg = arg.resumed(_left_behind(err))
                 self._publish()
-                workflow.logger.warning("step %s refused: %s", refused_name, cause.message)
-                await workflow.wait_condition(lambda: self.retry_requested)
-                if refused is not progress:
-                    refused.status = StepStatus.PENDING
-                    refused.detail = None
+                workflow.logger.warning(
+                    "%s: attempt %d failed: %s", step, progress.attempts, progress.error
+                )
+                backoff = _backoff(progress.attempts, err)
+                await workflow.sleep(backoff, summary=f"{step}: next attempt in {backoff}")
                 continue
-            progress.status = StepStatus.DONE
+            progress.finish(result)
             self._publish()
-            return result
+            return
+
+    async def _attempt(self, step: Step, activity: StepActivity, arg: StepInput) -> StepResult:
+        """One execution of a step's activity: billing is a short local one, the
+        deletions heartbeat."""
+        summary = f"{STEP_SUMMARIES[step]}, attempt {self.steps[step].attempts}"
+        if step is Step.BILLING:
+            return await workflow.execute_local_activity_method(
+                activity,
+                arg,
+                start_to_close_timeout=STEP_TIMEOUTS[step],
+                retry_policy=ONE_ATTEMPT,
+                summary=summary,
+            )
+        return await workflow.execute_activity_method(
+            activity,
+            arg,
+            start_to_close_timeout=STEP_TIMEOUTS[step],
+            heartbeat_timeout=HEARTBEAT,
+            retry_policy=ONE_ATTEMPT,
+            summary=summary,
+        )
+
+    async def _await_retry(self, step: Step, refusal: ApplicationError) -> None:
+        """Show the refused path and wait for an operator's `retry`. The refusal names
+        the step whose path is unsafe: billing's preflight refuses for files or mailboxes."""
+        refused_step = Step(refusal.details[0]) if refusal.details else step
+        refused = self.steps[refused_step]
+        if refused_step is not step:
+            self.steps[step].status = StepStatus.PENDING
+            self.steps[step].detail = f"waiting for the {refused_step} step's path to be fixed"
+        refused.status = StepStatus.REFUSED
+        refused.detail = refusal.message
+        self.retry_requested = False
+        self._publish()
+        workflow.logger.warning("step %s refused: %s", refused_step, refusal.message)
+        await workflow.wait_condition(lambda: self.retry_requested)
+        if refused_step is not step:
+            refused.status = StepStatus.PENDING
+            refused.detail = None
 
     async def _raise_sla_alert(self) -> None:
         self.sla_at_risk = True
         workflow.upsert_search_attributes([SLA_AT_RISK.value_set(True)])
         self._publish()
         await self._transition("sla_at_risk", None, State.DEPROVISIONING)
-        await self._notice(KIND_SLA_AT_RISK)
+        await self._notice(KIND_SLA_AT_RISK, self._problems())
 
-    # ---- activities used in several places ----------------------------------------------
-
-    async def _issue_code(self, expires_at: datetime) -> None:
-        """Mail a new code; the caller holds `code_lock`, so no check runs meanwhile."""
-        assert self.billing_preview is not None
-        generation = self.generation + 1
-        await self._mail_step(
-            CodeActivities.issue_code,
-            IssueCodeInput(
-                service_id=self.input.service_id,
-                customer_id=self.input.customer_id,
-                generation=generation,
-                expires_at=expires_at,
-                billing_preview=self.billing_preview,
-            ),
-            summary=f"mail confirmation code #{generation}",
-        )
-        self.generation = generation
-        self.code_expires_at = expires_at
-        self._publish()
+    # ---- activities used in several places ------------------------------------------------
 
     async def _transition(
         self, event: str, to_state: State | None, from_state: State | None = None
@@ -357,7 +555,7 @@ class ServiceCancellation:
             summary=f"audit: {event}",
         )
 
-    async def _notice(self, kind: str) -> None:
+    async def _notice(self, kind: str, problems: list[str] | None = None) -> None:
         await self._mail_step(
             NoticeActivities.send_notice,
             NoticeInput(
@@ -365,23 +563,25 @@ class ServiceCancellation:
                 service_id=self.input.service_id,
                 customer_id=self.input.customer_id,
                 billing_outcome=self.billing_outcome,
+                problems=problems or [],
             ),
             summary=f"mail: {kind}",
         )
 
     async def _mail_step(
-        self, method: Callable[..., Awaitable[T]], arg: object, *, summary: str
-    ) -> T:
+        self, activity: Callable[[Any, Any], Awaitable[object]], arg: object, *, summary: str
+    ) -> None:
         """A step that talks SMTP. v1/v2 ran it as a local activity, whose retries during
         a mail outage hold the workflow task and so delay every query by seconds; since
         `mail-as-activity` it is a regular activity."""
         if self.mail_as_activity:
-            return await workflow.execute_activity_method(
-                method, arg, start_to_close_timeout=SHORT, retry_policy=RETRY, summary=summary
+            await workflow.execute_activity_method(
+                activity, arg, start_to_close_timeout=SHORT, retry_policy=RETRY, summary=summary
             )
-        return await workflow.execute_local_activity_method(
-            method, arg, start_to_close_timeout=SHORT, retry_policy=RETRY, summary=summary
-        )
+        else:
+            await workflow.execute_local_activity_method(
+                activity, arg, start_to_close_timeout=SHORT, retry_policy=RETRY, summary=summary
+            )
 
     async def _result(self) -> CancellationResult:
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -389,9 +589,9 @@ class ServiceCancellation:
             state=self.state,
             billing_outcome=self.billing_outcome,
             service_id=self.input.service_id,
-            rejection_reason=self.check.rejection_reason if self.check else None,
-            files_deleted=self.files_deleted,
-            mailboxes_deleted=self.mailboxes_deleted,
+            rejection_reason=self.rejection_reason,
+            files_deleted=self.steps.files.done,
+            mailboxes_deleted=self.steps.mailboxes.done,
         )
 
     # ---- state shown to operators -------------------------------------------------------
@@ -406,160 +606,100 @@ class ServiceCancellation:
     def _publish(self) -> None:
         """The Web UI's "current details": state and progress, no personal data."""
         lines = [f"**{self.state.value}** — service {self.input.service_id}"]
-        if self.state is State.AWAITING_CONFIRMATION and self.code_expires_at:
+        if self.state is State.AWAITING_CONFIRMATION and self.code is not None:
             lines.append(
-                f"waiting for the code until {self.code_expires_at:%Y-%m-%d %H:%M} UTC, "
+                f"waiting for the code until {self.code.expires_at:%Y-%m-%d %H:%M} UTC, "
                 f"{self.attempts_left} of {MAX_WRONG_CODES} tries left, "
                 f"{self.resends_left} resends left"
             )
         if self.billing_outcome:
             lines.append(f"billing outcome: {self.billing_outcome.value}")
-        for name in ("billing", "mailboxes", "files"):
-            step: StepProgress = getattr(self.steps, name)
-            if step.status is not StepStatus.PENDING:
+        for step in Step:
+            progress = self.steps[step]
+            if progress.status is not StepStatus.PENDING:
                 lines.append(
-                    f"- {name}: {step.status.value}" + (f" ({step.detail})" if step.detail else "")
+                    f"- {step}: {progress.status.value}"
+                    + (f" ({progress.detail})" if progress.detail else "")
                 )
+        lines += self._problems()
         if self.sla_at_risk:
             lines.append("**SLA at risk**")
         workflow.set_current_details("\n\n".join(lines))
 
-    # ---- messages -----------------------------------------------------------------------
+    def _problems(self) -> list[str]:
+        """A line per failing step: "files: attempt 7, PermissionError: …"."""
+        return [
+            f"{step}: attempt {self.steps[step].attempts}, {self.steps[step].error}"
+            for step in Step
+            if self.steps[step].error is not None
+        ]
 
-    def _awaiting(self) -> bool:
-        return self.state is State.AWAITING_CONFIRMATION and self.confirmed_at is None
-
-    async def _confirm(self, code: str) -> ConfirmResult:
-        received_at = workflow.now()
-        # A code may be typed before this run has recorded that its mail left.
-        await workflow.wait_condition(lambda: self.generation > 0 or not self._awaiting())
-        async with self.code_lock:
-            if not self._awaiting():
-                return self._confirm_result(False)
-            assert self.code_expires_at is not None
-            if received_at >= self.code_expires_at:
-                return self._confirm_result(False)
-            verdict = await workflow.execute_local_activity_method(
-                CodeActivities.verify_code,
-                VerifyCodeInput(
-                    generation=self.generation, code=code, service_id=self.input.service_id
-                ),
-                start_to_close_timeout=SHORT,
-                retry_policy=RETRY,
-                summary="check a submitted code",
-            )
-            if not self._awaiting():
-                return self._confirm_result(False)
-            if verdict.accepted:
-                self.confirmed_at = received_at
-                self.billing_outcome = self._outcome_at(received_at)
-                self._set_state(State.DEPROVISIONING)
-            else:
-                self.attempts_left -= 1
-                if self.attempts_left <= 0:
-                    self._set_state(State.LOCKED)
-                # Added after v1: runs recorded before it replay without this step.
-                if self.audit_wrong_codes:
-                    wrong = MAX_WRONG_CODES - self.attempts_left
-                    await self._transition(f"code_rejected:{wrong}", None)
-            self._publish()
-            return self._confirm_result(verdict.accepted)
-
-    def _confirm_result(self, accepted: bool) -> ConfirmResult:
-        return ConfirmResult(accepted=accepted, attempts_left=self.attempts_left, state=self.state)
-
-    @workflow.signal(name="confirm")
-    async def confirm(self, data: ConfirmInput | None = None) -> None:
-        if data is None or not is_well_formed_code(data.code):
-            workflow.logger.info("confirm signal with a malformed code ignored")
-            return
-        await self._confirm(data.code)
-
-    @workflow.update(name="confirm_code")
-    async def confirm_code(self, data: ConfirmInput | None = None) -> ConfirmResult:
-        assert data is not None  # the validator refuses a missing code
-        return await self._confirm(data.code)
-
-    @confirm_code.validator
-    def _check_confirm_code(self, data: ConfirmInput | None = None) -> None:
-        if data is None or not is_well_formed_code(data.code):
-            raise ValueError("the confirmation code must be exactly 6 digits")
-        if not self._awaiting():
-            raise ValueError(f"this cancellation is not awaiting confirmation (state {self.state})")
-
-    @workflow.update(name="resend_code")
-    async def resend_code(self, data: ResendInput | None = None) -> ResendResult:
-        async with self.code_lock:
-            if not self._awaiting() or self.resends_left <= 0:
-                raise ApplicationError("a new code cannot be sent now", type="ResendRefused")
-            self.resends_left -= 1
-            await self._issue_code(workflow.now() + self._window())
-            assert self.code_expires_at is not None
-            return ResendResult(
-                code_expires_at=self.code_expires_at, resends_left=self.resends_left
-            )
-
-    @resend_code.validator
-    def _check_resend(self, data: ResendInput | None = None) -> None:
-        if not self._awaiting():
-            raise ValueError(f"this cancellation is not awaiting confirmation (state {self.state})")
-        if self.resends_left <= 0:
-            raise ValueError(f"no resends left (at most {MAX_RESENDS})")
-        if self.check is None or not self.check.accepted:
-            raise ValueError("the service check has not finished yet")
-
-    @workflow.update(name="wait_for_code")
-    async def wait_for_code(self) -> CancellationStatus:
-        """For update-with-start: answers once the code mail has left or the request ended."""
-        await workflow.wait_condition(
-            lambda: self.generation > 0 or self.state is not State.AWAITING_CONFIRMATION
-        )
-        return self.status()
-
-    @workflow.signal(name="withdraw")
-    def withdraw(self, data: WithdrawInput | None = None) -> None:
-        if not self._awaiting():
-            workflow.logger.info("withdraw ignored in state %s", self.state)
-            return
-        self.withdrawn_by = (data.by if data else None) or "withdraw"
-        self._set_state(State.WITHDRAWN)
-
-    @workflow.signal(name="retry")
-    def retry(self, data: RetryInput | None = None) -> None:
-        """After an operator fixes a refused path in the panel database."""
-        self.retry_requested = True
-
-    @workflow.query(name="status")
-    def status(self) -> CancellationStatus:
-        return CancellationStatus(
-            state=self.state,
-            service_id=self.input.service_id,
-            customer_id=self.input.customer_id,
-            requested_by=self.input.requested_by,
-            domain=self.check.domain if self.check else None,
-            attempts_left=self.attempts_left,
-            resends_left=self.resends_left,
-            code_sent=self.generation > 0,
-            code_expires_at=self.code_expires_at,
-            requested_at=self.requested_at,
-            confirmed_at=self.confirmed_at,
-            finished_at=self.finished_at,
-            billing_preview=self.billing_preview,
-            billing_outcome=self.billing_outcome,
-            rejection_reason=self.check.rejection_reason if self.check else None,
-            sla_at_risk=self.sla_at_risk,
-            steps=self.steps.model_copy(deep=True),
-        )
-
-    def _outcome_at(self, instant: datetime) -> BillingOutcome:
+    @staticmethod
+    def _outcome_at(service: AcceptedService, instant: datetime) -> BillingOutcome:
         """The contract's table, judged in BUSINESS_TZ at `instant`."""
-        check = self.check
-        assert check is not None and check.expires_on and check.payment_method
-        return rules.outcome_at(instant, check.business_tz, check.expires_on, check.payment_method)
+        return rules.outcome_at(
+            instant, service.business_tz, service.expires_on, service.payment_method
+        )
 
-    def _window(self) -> timedelta:
-        assert self.check is not None
-        return timedelta(seconds=self.check.confirmation_window_seconds)
+
+def _path_refusal(err: BaseException | None) -> ApplicationError | None:
+    """The PathRefused error behind `err`: wrapped in ActivityError for regular
+    activities, bare for local ones."""
+    while err is not None:
+        if isinstance(err, ApplicationError) and err.type == PATH_REFUSED:
+            return err
+        err = err.cause if isinstance(err, ActivityError | ApplicationError) else None
+    return None
+
+
+def _causes(err: BaseException) -> list[BaseException]:
+    """`err` and what caused it, down to the root."""
+    chain = [err]
+    while (cause := chain[-1].__cause__) is not None and cause not in chain:
+        chain.append(cause)
+    return chain
+
+
+def _one_line(err: BaseException) -> str:
+    """A failed attempt as `status` shows it: what timed out, or the root cause's type
+    and message. Quoted paths keep their last name only: they can be longer than a
+    screen and name a customer's domain or mailbox."""
+    causes = _causes(err)
+    timeout = next((e for e in causes if isinstance(e, AttemptTimeout)), None)
+    if timeout is not None:
+        known = ATTEMPT_TIMEOUTS.get(timeout.type) if timeout.type is not None else None
+        text = known or "the attempt timed out"
+    else:
+        root = causes[-1]
+        kind = (
+            root.type if isinstance(root, ApplicationError) and root.type else type(root).__name__
+        )
+        text = f"{kind}: {root.message if isinstance(root, FailureError) else root}"
+    text = QUOTED_PATH.sub(lambda m: f"'…/{m[1].rstrip('/').rsplit('/', 1)[-1]}'", text)
+    text = " ".join(text.split())
+    return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 1] + "…"
+
+
+def _left_behind(err: BaseException) -> Sequence[Any]:
+    """What a failed attempt left for the next one: its last heartbeat when it timed
+    out, else its failure's details."""
+    for cause in _causes(err):
+        if isinstance(cause, AttemptTimeout) and cause.last_heartbeat_details:
+            return cause.last_heartbeat_details
+        if isinstance(cause, ApplicationError) and cause.details:
+            return cause.details
+    return ()
+
+
+def _backoff(attempts: int, err: BaseException) -> timedelta:
+    """1 s after the first failure, doubling up to MAX_BACKOFF; longer only where the
+    activity asked for it (`next_retry_delay`)."""
+    asked = [
+        cause.next_retry_delay
+        for cause in _causes(err)
+        if isinstance(cause, ApplicationError) and cause.next_retry_delay
+    ]
+    return asked[0] if asked else min(FIRST_BACKOFF * 2 ** min(attempts - 1, 10), MAX_BACKOFF)
 
 
 __all__ = ["ServiceCancellation"]

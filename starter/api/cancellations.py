@@ -7,13 +7,14 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from bajas import texts
 from bajas.config import Settings
 from bajas.models import BillingOutcome, CancellationStatus, State
 from starter.api import store
 from starter.api.errors import TemporalUnavailable
 from starter.api.schemas import BillingPreview, CancellationView, ServiceView
 from starter.client import CancellationClient, CancellationError, CancellationNotFound
-from workflows.rules import OUTCOME_TEXT_ES, debit_warning_es, outcome_at
+from workflows.rules import auto_debit_cutoff, outcome_at
 from workflows.search_attributes import workflow_id_for
 
 QUERY_TIMEOUT = 10.0
@@ -29,8 +30,10 @@ def billing_preview(
         )
     return BillingPreview(
         outcome=outcome,
-        text=OUTCOME_TEXT_ES[outcome],
-        debit_warning=debit_warning_es(service.expires_on, service.payment_method),
+        text=texts.outcome_text(outcome),
+        debit_warning=texts.debit_warning(
+            auto_debit_cutoff(service.expires_on, service.payment_method)
+        ),
     )
 
 

@@ -10,11 +10,11 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from bajas import texts
 from bajas.models import CancellationStatus, State, StepProgress, StepStatus
 from starter.api import store
 from starter.api.edge import from_loopback, template_path_for
 from starter.api.security import new_csrf_token
-from workflows.rules import OUTCOME_TEXT_ES, zone
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -124,7 +124,7 @@ class ServiceCard:
         return (
             f"Se borraron {count_of(files, 'archivo', 'archivos')} del sitio y "
             f"{count_of(mailboxes, 'buzón', 'buzones')} de correo. "
-            f"Facturación: {OUTCOME_TEXT_ES[ended.billing_outcome]}"
+            f"Facturación: {texts.outcome_text(ended.billing_outcome)}"
         )
 
     @property
@@ -189,16 +189,12 @@ def _context(request: Request) -> dict[str, Any]:
 
 
 def local_time(value: Any, tz_name: str, seconds: bool = False) -> str:
-    """`seconds` where instants minutes apart must be told apart (the mail viewer)."""
-    if value is None:
-        return ""
-    return value.astimezone(zone(tz_name)).strftime(
-        "%d/%m/%Y %H:%M:%S" if seconds else "%d/%m/%Y %H:%M"
-    )
+    """A time in the one form of bajas/texts.py, with its zone."""
+    return texts.local_time(value, tz_name, seconds=seconds) if value is not None else ""
 
 
 def date_es(value: Any) -> str:
-    return value.strftime("%d/%m/%Y") if value is not None else ""
+    return texts.short_date(value) if value is not None else ""
 
 
 def make_templates() -> Jinja2Templates:

@@ -91,6 +91,10 @@ async def refused_then_retried(handle: WorkflowHandle, fakes: FakeActivities) ->
     await handle.signal("retry", RetryInput(by="operator"))
 
 
+async def failed_then_done(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+    await handle.signal("confirm", ConfirmInput(code=code_for(1)))
+
+
 async def sla_at_risk(handle: WorkflowHandle, fakes: FakeActivities) -> None:
     await handle.signal("confirm", ConfirmInput(code=code_for(1)))
     await _until(handle, lambda s: s.sla_at_risk)
@@ -109,6 +113,8 @@ SCENARIOS: dict[str, tuple[Scenario, dict[str, object]]] = {
         {"check": ServiceCheck(accepted=False, rejection_reason="unknown service")},
     ),
     "refused_then_retried": (refused_then_retried, {"files_refusals": 1}),
+    # the files step fails twice (PermissionError), then works (the workflow runs the attempts)
+    "failed_then_done": (failed_then_done, {"files_failures": 2}),
     "sla_at_risk": (
         sla_at_risk,
         {"check": accepted_check(sla_limit_seconds=2), "files_gate": asyncio.Event()},
