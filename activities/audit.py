@@ -8,7 +8,7 @@ from typing import Protocol
 import asyncpg
 from temporalio import activity
 
-from bajas.models import BillingOutcome, State, TransitionInput
+from bajas.models import BillingOutcome, Details, State, TransitionInput
 
 # The actor of every line bajas writes about its own work.
 BAJAS = "bajas"
@@ -61,7 +61,7 @@ async def record_work(
     conn: asyncpg.Connection | asyncpg.Pool,
     data: ForService,
     event: str,
-    details: dict[str, int | str | bool | None],
+    details: Details,
     *,
     billing_outcome: BillingOutcome | None = None,
     from_state: State | None = None,

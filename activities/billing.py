@@ -41,33 +41,39 @@ class BillingActivities:
             await conn.execute(
                 "update services set auto_renew = false where id = $1", data.service_id
             )
-            revoked = voided = 0
+            revoked: list[int] = []
+            voided: list[int] = []
             if data.revoke_mandate:
-                revoked = len(
-                    await conn.fetch(
-                        "update debit_mandates set status = 'revoked', revoked_at = now()"
-                        " where service_id = $1 and status = 'active' returning id",
-                        data.service_id,
-                    )
+                revoked = await _ids(
+                    conn,
+                    "update debit_mandates set status = 'revoked', revoked_at = now()"
+                    " where service_id = $1 and status = 'active' returning id",
+                    data.service_id,
                 )
             if data.void_renewal_invoices:
-                voided = len(
-                    await conn.fetch(
-                        """
-                        update invoices i set status = 'void'
-                          from services s
-                         where s.id = i.service_id and i.service_id = $1
-                           and i.status = 'open' and i.period_start >= s.expires_on
-                        returning i.id
-                        """,
-                        data.service_id,
-                    )
+                voided = await _ids(
+                    conn,
+                    """
+                    update invoices i set status = 'void'
+                      from services s
+                     where s.id = i.service_id and i.service_id = $1
+                       and i.status = 'open' and i.period_start >= s.expires_on
+                    returning i.id
+                    """,
+                    data.service_id,
                 )
-            await record_work(
-                conn,
-                data,
-                "billing_closed",
-                {"invoices_voided": voided, "mandates_revoked": revoked},
-                billing_outcome=data.outcome,
+            result = BillingResult(
+                invoices_voided=len(voided),
+                mandates_revoked=len(revoked),
+                voided_invoice_ids=voided,
+                revoked_mandate_ids=revoked,
             )
-        return BillingResult(invoices_voided=voided, mandates_revoked=revoked)
+            await record_work(
+                conn, data, "billing_closed", result.model_dump(), billing_outcome=data.outcome
+            )
+        return result
+
+
+async def _ids(conn: asyncpg.Connection, statement: str, service_id: int) -> list[int]:
+    """The ids an update touched, sorted: the receipt lists them as they were recorded."""
+    return sorted(row["id"] for row in await conn.fetch(statement, service_id))

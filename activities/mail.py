@@ -13,6 +13,7 @@ from temporalio import activity
 
 from bajas import texts
 from bajas.models import MAX_WRONG_CODES, NoticeInput, NoticeResult
+from bajas.receipts import stored_receipt
 
 KIND_CANCELLED = "cancelled"
 KIND_SLA_AT_RISK = "sla_at_risk"
@@ -60,10 +61,18 @@ class Mailer:
 class NoticeActivities:
     """Once-per-run mails; `bajas.sent_mails` makes a retried activity send nothing more."""
 
-    def __init__(self, pool: asyncpg.Pool, mailer: Mailer, ops_email: str | None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        mailer: Mailer,
+        ops_email: str | None,
+        *,
+        business_tz: str,
+    ) -> None:
         self.pool = pool
         self.mailer = mailer
         self.ops_email = ops_email
+        self.business_tz = business_tz
 
     @activity.defn(name="send_notice")
     async def send_notice(self, data: NoticeInput) -> NoticeResult:
@@ -86,7 +95,13 @@ class NoticeActivities:
             if data.billing_outcome is None:
                 raise ValueError("a 'cancelled' notice needs the billing outcome")
             subject, body = texts.cancelled_mail(
-                name=row["name"], domain=row["domain"], outcome=data.billing_outcome
+                name=row["name"],
+                domain=row["domain"],
+                outcome=data.billing_outcome,
+                receipt=await stored_receipt(
+                    self.pool, data.service_id, info.workflow_run_id or ""
+                ),
+                tz_name=self.business_tz,
             )
             await self.mailer.send(row["email"], subject, body, to_name=row["name"])
         elif data.kind == KIND_LOCKED:

@@ -19,6 +19,7 @@ from bajas.models import (
     State,
     TransitionInput,
 )
+from bajas.receipts import RECEIPT, build_receipt
 
 
 class PanelDbActivities:
@@ -128,7 +129,9 @@ class PanelDbActivities:
 
     @activity.defn(name="finish_cancellation")
     async def finish_cancellation(self, data: FinishInput) -> None:
-        """Mark the service cancelled once its data is gone."""
+        """Mark the service cancelled once its data is gone, and in the same transaction
+        write its receipt, built from the run's audit lines including this mark. A retry
+        finds both lines written and changes nothing."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 """
@@ -148,3 +151,5 @@ class PanelDbActivities:
                 from_state=State.DEPROVISIONING,
                 to_state=State.CANCELLED,
             )
+            receipt = await build_receipt(conn, activity.info().workflow_run_id or "")
+            await record_work(conn, data, RECEIPT, receipt.model_dump(mode="json"))

@@ -7,7 +7,7 @@ from datetime import date, timedelta
 from enum import StrEnum
 from typing import Any, Self
 
-from pydantic import AwareDatetime, BaseModel, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, Field, JsonValue, ValidationError
 
 CODE_LENGTH = 6
 MAX_WRONG_CODES = 5
@@ -254,6 +254,10 @@ class VerifyCodeResult(BaseModel):
     accepted: bool
 
 
+# The details of an audit line: any JSON object (the receipt's line holds the whole receipt).
+Details = dict[str, JsonValue]
+
+
 class TransitionInput(BaseModel):
     """One line of the audit trail; `event` makes a retried write a no-op."""
 
@@ -264,7 +268,7 @@ class TransitionInput(BaseModel):
     from_state: State | None = None
     to_state: State | None = None
     billing_outcome: BillingOutcome | None = None
-    details: dict[str, int | str | bool | None] = Field(default_factory=dict)
+    details: Details = Field(default_factory=dict)
 
 
 class StepInput(BaseModel):
@@ -305,8 +309,12 @@ class BillingInput(StepInput):
 
 
 class BillingResult(StepResult):
+    """The counts, and the ids the receipt lists (empty in results written before them)."""
+
     invoices_voided: int
     mandates_revoked: int
+    voided_invoice_ids: list[int] = Field(default_factory=list)
+    revoked_mandate_ids: list[int] = Field(default_factory=list)
 
     @property
     def done(self) -> int:
@@ -391,3 +399,42 @@ class NoticeInput(BaseModel):
 
 class NoticeResult(BaseModel):
     sent: bool
+
+
+# --- the receipt ---------------------------------------------------------------------
+
+
+class ReceiptFiles(BaseModel):
+    """The site's files the files step deleted (`deleted_at`: when it finished); `bytes`
+    is None where the step recorded no size."""
+
+    deleted: int
+    bytes: int | None = None
+    deleted_at: AwareDatetime
+
+
+class ReceiptMailbox(BaseModel):
+    """One deleted mailbox; `messages` and `bytes` are None where the step recorded none."""
+
+    address: str
+    messages: int | None = None
+    bytes: int | None = None
+    deleted_at: AwareDatetime | None = None
+
+
+class Receipt(BaseModel):
+    """What a finished cancellation did, built once from its audit lines and stored as the
+    `receipt` line: the final mail, the API, the CLI and the panel all show this."""
+
+    service_id: int
+    customer_id: int
+    domain: str
+    requested_at: AwareDatetime
+    confirmed_at: AwareDatetime
+    finished_at: AwareDatetime
+    billing_outcome: BillingOutcome
+    billing_closed_at: AwareDatetime
+    voided_invoice_ids: list[int]
+    revoked_mandate_ids: list[int]
+    files: ReceiptFiles
+    mailboxes: list[ReceiptMailbox]

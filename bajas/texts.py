@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
-from bajas.models import BillingOutcome
+from bajas.models import BillingOutcome, Receipt
 
 OUTCOME_TEXTS: dict[BillingOutcome, str] = {
     BillingOutcome.LATE_NO_REFUND: (
@@ -116,18 +116,88 @@ def code_mail(
     return f"Código de confirmación para la baja de {domain}", "\n".join(lines)
 
 
-def cancelled_mail(*, name: str, domain: str, outcome: BillingOutcome) -> tuple[str, str]:
-    """Subject and body of the "dado de baja" mail."""
-    body = "\n".join(
-        [
-            f"Hola {name}:",
-            "",
-            f"El servicio {domain} fue dado de baja.",
+def cancelled_mail(
+    *, name: str, domain: str, outcome: BillingOutcome, receipt: Receipt | None, tz_name: str
+) -> tuple[str, str]:
+    """Subject and body of the "dado de baja" mail: the receipt, or without one (a run
+    finished by a worker older than receipts) the outcome alone."""
+    lines = [f"Hola {name}:", "", f"El servicio {domain} fue dado de baja."]
+    if receipt is None:
+        lines += [
             "Se borró todo el contenido del sitio y todo el correo existente.",
             f"Facturación: {outcome_text(outcome)}",
         ]
-    )
-    return f"Servicio {domain} dado de baja", body
+    else:
+        lines += ["", receipt_text(receipt, tz_name)]
+    return f"Servicio {domain} dado de baja", "\n".join(lines)
+
+
+def receipt_text(receipt: Receipt, tz_name: str) -> str:
+    """The receipt in plain text, as the final mail, `?format=text` and `bajas receipt`
+    show it: what was deleted per resource, with counts, sizes and times, then billing."""
+
+    def when(instant: datetime) -> str:
+        return local_time(instant, tz_name)
+
+    files = receipt.files
+    lines = [
+        f"Comprobante de baja del servicio {receipt.domain} (servicio {receipt.service_id})",
+        "",
+        f"Solicitud: {when(receipt.requested_at)}",
+        f"Confirmación: {when(receipt.confirmed_at)}",
+        f"Baja terminada: {when(receipt.finished_at)}",
+        "",
+        f"Sitio, borrado el {when(files.deleted_at)}: "
+        f"{count_of(files.deleted, 'archivo', 'archivos')}{_size(files.bytes)}",
+    ]
+    if receipt.mailboxes:
+        lines.append(f"Correo: {count_of(len(receipt.mailboxes), 'buzón', 'buzones')}")
+        for box in receipt.mailboxes:
+            line = f"- {box.address}"
+            if box.deleted_at is not None:
+                line += f", borrado el {when(box.deleted_at)}"
+            if box.messages is not None:
+                line += f": {count_of(box.messages, 'mensaje', 'mensajes')}{_size(box.bytes)}"
+            lines.append(line)
+    else:
+        lines.append("Correo: el servicio no tenía buzones.")
+    lines += [
+        "",
+        f"Facturación, cerrada el {when(receipt.billing_closed_at)}: "
+        + outcome_text(receipt.billing_outcome),
+        "Facturas anuladas: " + _ids(receipt.voided_invoice_ids, "ninguna"),
+        "Débitos automáticos revocados: " + _ids(receipt.revoked_mandate_ids, "ninguno"),
+    ]
+    return "\n".join(lines)
+
+
+def _size(n: int | None) -> str:
+    return f" ({byte_size(n)})" if n is not None else ""
+
+
+def _ids(ids: Sequence[int], none: str) -> str:
+    return ", ".join(f"n.º {i}" for i in ids) if ids else none
+
+
+def count_of(n: int, one: str, many: str) -> str:
+    """ "1 buzón", "2 buzones", "1.250 archivos": Spanish plurals are not always one
+    more letter, and thousands are grouped with dots."""
+    return f"{n:,}".replace(",", ".") + f" {one if n == 1 else many}"
+
+
+BYTE_UNITS = ("kB", "MB", "GB", "TB", "PB")
+
+
+def byte_size(n: int) -> str:
+    """A size as a customer reads it: "11 bytes", "1,8 GB" (decimal units, one decimal)."""
+    if n < 1000:
+        return "1 byte" if n == 1 else f"{n} bytes"
+    value, unit = n / 1000, BYTE_UNITS[0]
+    for bigger in BYTE_UNITS[1:]:
+        if round(value, 1) < 1000:
+            break
+        value, unit = value / 1000, bigger
+    return f"{value:.1f}".replace(".", ",") + f" {unit}"
 
 
 def sla_alert_mail(

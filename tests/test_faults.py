@@ -256,7 +256,6 @@ async def assert_cancelled_once(
 
     trail = await assert_audit_once(pool, svc, run_id)
     billing = trail["billing_closed"]
-    assert billing["details"] == {"invoices_voided": 1, "mandates_revoked": 1}, billing
     invoices = {
         r["status"]: r
         for r in await pool.fetch("select * from invoices where service_id = $1", svc.service_id)
@@ -267,6 +266,12 @@ async def assert_cancelled_once(
         "select * from debit_mandates where service_id = $1", svc.service_id
     )
     assert [m["status"] for m in mandates] == ["revoked"]
+    assert billing["details"] == {
+        "invoices_voided": 1,
+        "mandates_revoked": 1,
+        "voided_invoice_ids": [invoices["void"]["id"]],
+        "revoked_mandate_ids": [mandates[0]["id"]],
+    }, billing
     # revoked in the very transaction that wrote the single billing_closed line
     assert mandates[0]["revoked_at"] == billing["at"]
     assert trail["files_deleted"]["details"]["files_deleted"] == files

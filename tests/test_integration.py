@@ -354,12 +354,19 @@ async def test_happy_path(
         "cancelled",
     }
     assert expected <= set(trail), sorted(trail)
-    assert list(trail)[0] == "requested" and list(trail)[-1] == "cancelled"
+    # the receipt is written with the cancelled mark, right after it
+    assert list(trail)[0] == "requested" and list(trail)[-2:] == ["cancelled", "receipt"]
     assert trail["confirmed"]["to_state"] == State.DEPROVISIONING
     assert trail["billing_closed"]["billing_outcome"] == outcome
+    voided = sorted(
+        i for i, inv in invoices.items() if inv["status"] != invoices_before[i]["status"]
+    )
+    revoked = sorted(m for m, man in mandates.items() if man != mandates_before[m])
     assert trail["billing_closed"]["details"] == {
         "invoices_voided": 1 if voids else 0,
         "mandates_revoked": 0 if outcome is NO_CHARGES else 1,
+        "voided_invoice_ids": voided,
+        "revoked_mandate_ids": revoked,
     }
     assert trail["mailboxes_deleted"]["details"]["mailboxes_deleted"] == 2
     assert trail["files_deleted"]["details"]["files_deleted"] == 5

@@ -1,11 +1,12 @@
-"""The customer's words: one form for times, with the zone named as people say it."""
+"""The customer's words: one form for times, with the zone named as people say it, and
+sizes and counts as a Spanish reader writes them."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
 from bajas import texts
-from bajas.models import BillingOutcome
+from bajas.models import BillingOutcome, Receipt, ReceiptFiles, ReceiptMailbox
 from starter.api.panel_ui import local_time as panel_time
 
 TZ = "America/Argentina/Buenos_Aires"
@@ -43,3 +44,68 @@ def test_sla_alert_lists_the_failing_steps() -> None:
     )
     assert "42" in subject
     assert "files: attempt 7, PermissionError" in body
+
+
+def test_sizes_and_counts_in_spanish() -> None:
+    assert texts.byte_size(1_800_000_000) == "1,8 GB"
+    assert [texts.byte_size(n) for n in (0, 1, 999, 1000, 999_960)] == [
+        "0 bytes",
+        "1 byte",
+        "999 bytes",
+        "1,0 kB",
+        "1,0 MB",  # not "1000,0 kB"
+    ]
+    assert texts.count_of(1250, "archivo", "archivos") == "1.250 archivos"
+    assert texts.count_of(1, "buzón", "buzones") == "1 buzón"
+
+
+def _receipt(**changes: object) -> Receipt:
+    receipt = Receipt(
+        service_id=42,
+        customer_id=7,
+        domain="ejemplo.com.ar",
+        requested_at=AT,
+        confirmed_at=AT,
+        finished_at=AT,
+        billing_outcome=BillingOutcome.NO_FURTHER_CHARGES,
+        billing_closed_at=AT,
+        voided_invoice_ids=[],
+        revoked_mandate_ids=[],
+        files=ReceiptFiles(deleted=1250, bytes=1_800_000_000, deleted_at=AT),
+        mailboxes=[
+            ReceiptMailbox(address="ana@ejemplo.com.ar", messages=1, bytes=4096, deleted_at=AT)
+        ],
+    )
+    return receipt.model_copy(update=changes)
+
+
+def test_the_receipt_says_what_went_with_sizes_and_times() -> None:
+    text = texts.receipt_text(_receipt(voided_invoice_ids=[5, 6]), TZ)
+    at = "05/06/2026 16:44 (hora de Buenos Aires)"
+    assert f"Sitio, borrado el {at}: 1.250 archivos (1,8 GB)" in text
+    assert f"- ana@ejemplo.com.ar, borrado el {at}: 1 mensaje (4,1 kB)" in text
+    assert "Facturas anuladas: n.º 5, n.º 6" in text
+    assert "Débitos automáticos revocados: ninguno" in text
+    assert TZ not in text
+    _, body = texts.cancelled_mail(
+        name="Ana",
+        domain="ejemplo.com.ar",
+        outcome=BillingOutcome.NO_FURTHER_CHARGES,
+        receipt=_receipt(),
+        tz_name=TZ,
+    )
+    assert texts.receipt_text(_receipt(), TZ) in body
+
+
+def test_a_receipt_without_sizes_leaves_them_out() -> None:
+    """Lines written before the deletion engine counted bytes give a receipt without them."""
+    text = texts.receipt_text(
+        _receipt(
+            files=ReceiptFiles(deleted=3, deleted_at=AT),
+            mailboxes=[ReceiptMailbox(address="ana@ejemplo.com.ar", deleted_at=AT)],
+        ),
+        TZ,
+    )
+    assert "Sitio, borrado el 05/06/2026 16:44 (hora de Buenos Aires): 3 archivos\n" in text
+    assert "- ana@ejemplo.com.ar, borrado el 05/06/2026 16:44 (hora de Buenos Aires)\n" in text
+    assert "None" not in text and "bytes" not in text
