@@ -374,6 +374,47 @@ def status(
     _client_command(go)
 
 
+@app.command()
+def receipt(
+    service: ServiceOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="print the receipt as JSON")] = False,
+) -> None:
+    """Show the receipt of a finished cancellation: what was deleted, when, and billing."""
+    from bajas import texts
+    from bajas.db import connect
+    from bajas.receipts import stored_receipt
+
+    settings = _settings()
+
+    async def go() -> None:
+        conn = await connect(settings.require_database_url())
+        try:
+            found = await stored_receipt(conn, service)
+            status = (
+                None
+                if found
+                else await conn.fetchval("select status from services where id = $1", service)
+            )
+        finally:
+            await conn.close()
+        if found is None:
+            raise Failure(_no_receipt(service, status))
+        if as_json:
+            sys.stdout.write(found.model_dump_json(indent=2) + "\n")
+        else:
+            sys.stdout.write(texts.receipt_text(found, settings.business_tz) + "\n")
+
+    _client_command(go)
+
+
+def _no_receipt(service: int, status: str | None) -> str:
+    if status is None:
+        return f"no service with id {service}"
+    if status == "cancelled":
+        return f"service {service} was cancelled without a receipt (before receipts were kept)"
+    return f"service {service} is {status}, not cancelled: a receipt comes once it is"
+
+
 @app.command("set-password")
 def set_password(customer: CustomerOpt) -> None:
     """Read a panel clave from standard input and store its argon2 hash; every panel

@@ -19,10 +19,12 @@ from pydantic import SecretStr
 
 from bajas.config import Settings
 from bajas.dev.mailsink import SunkMessage
+from bajas.models import State
 from starter.api.app import create_app
 from tests.conftest import Stack
 from tests.helpers import assert_eventually, free_port
-from tests.helpers.mail import mails_about
+from tests.helpers.mail import code_in, mails_about
+from tests.helpers.panel import ServiceFixture
 
 TOKEN = "test-token-" + uuid.uuid4().hex
 SESSION_SECRET = "test-session-" + uuid.uuid4().hex
@@ -92,3 +94,15 @@ async def wait_for_mails(stack: Stack, domain: str, count: int) -> list[SunkMess
 
 def wrong(code: str) -> str:
     return f"{(int(code) + 1) % 10**6:06d}"
+
+
+async def cancel_through(stack: Stack, svc: ServiceFixture) -> str:
+    """Request and confirm with the mailed code, as a customer would; the run id once the
+    service is cancelled."""
+    answer = await stack.cancellations.request(svc.service_id, svc.customer_id)
+    assert answer.status.state is State.AWAITING_CONFIRMATION, answer.status
+    (mail,) = await wait_for_mails(stack, svc.domain, 1)
+    assert (await stack.cancellations.confirm(svc.service_id, code_in(mail))).accepted
+    result = await asyncio.wait_for(stack.cancellations.result(svc.service_id), 30)
+    assert result.state is State.CANCELLED, result
+    return answer.run_id

@@ -77,6 +77,8 @@ async def test_openapi_lists_every_route(api: httpx.AsyncClient) -> None:  # noq
     }
     assert "post" in paths["/api/customers/{cid}/services/{sid}/cancellation/confirm"]
     assert "post" in paths["/api/customers/{cid}/services/{sid}/cancellation/resend"]
+    receipt = paths["/api/customers/{cid}/services/{sid}/cancellation/receipt"]["get"]
+    assert set(receipt["responses"]["200"]["content"]) == {"application/json", "text/plain"}
     assert "get" in paths["/api/customers/{cid}/services"]
     assert "HTTPBearer" in r.json()["components"]["securitySchemes"]
 
@@ -125,6 +127,7 @@ ROUTES = [
     ("DELETE", "/api/customers/{cid}/services/{sid}/cancellation", None),
     ("POST", "/api/customers/{cid}/services/{sid}/cancellation/confirm", {"code": "123456"}),
     ("POST", "/api/customers/{cid}/services/{sid}/cancellation/resend", None),
+    ("GET", "/api/customers/{cid}/services/{sid}/cancellation/receipt", None),
 ]
 
 

@@ -2,7 +2,7 @@
 PostgreSQL and SMTP sink, with the bearer token.
 
 The path values are a seeded customer and its services (active, auto-debit, suspended,
-cancelled) plus a stranger's service, so generated cases reach past the 404s and start,
+cancelled, and one cancelled through the workflow with its receipt) plus a stranger's service, so generated cases reach past the 404s and start,
 confirm, resend and withdraw real cancellations. The run fails on any 5xx and on any
 answer the OpenAPI schema does not document (status, headers, body, `Allow`).
 """
@@ -24,6 +24,7 @@ from tests.conftest_api import (  # noqa: F401 - fixtures
     Server,
     api_settings,
     app,
+    cancel_through,
     server,
 )
 
@@ -74,6 +75,10 @@ async def test_the_api_answers_as_its_schema_says(
         await stack.panel.service(customer, status="suspended", files=1, mailboxes=0),
         await stack.panel.service(customer, status="cancelled", files=1, mailboxes=0),
     ]
+    # one cancelled through the workflow, so that its receipt is there to read
+    done = await stack.panel.service(customer, files=1, mailboxes=1)
+    await cancel_through(stack, done)
+    mine.append(done)
     stranger = await stack.panel.service(files=1, mailboxes=0)
     ids = [s.service_id for s in mine] + [stranger.service_id]
     # One waits for its code already, so confirm, resend and withdraw meet a cancellation
@@ -123,7 +128,7 @@ async def test_the_api_answers_as_its_schema_says(
     # once, by one (2xx, or a 409/422 from its state) ...
     rates = json.loads(report.read_text())["valid_rates"]
     on_cancellations = {op: r for op, r in rates.items() if "/cancellation" in op}
-    assert len(on_cancellations) == 5, rates
+    assert len(on_cancellations) == 6, rates
     for op, by_phase in on_cancellations.items():
         answered = sum(
             n for phase in by_phase.values() for k, n in phase.items() if k != "unreachable"

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from bajas import texts
-from bajas.models import CancellationStatus, State, StepProgress, StepStatus
+from bajas.models import CancellationStatus, Receipt, State, StepProgress, StepStatus
 from starter.api import store
 from starter.api.edge import from_loopback, template_path_for
 from starter.api.security import new_csrf_token
@@ -66,6 +66,8 @@ class ServiceCard:
     ended: CancellationStatus | None = None
     # What confirming would delete, said again next to the button (while pending).
     mailboxes: tuple[str, ...] = ()
+    # The receipt of the finished cancellation (on the service's own page).
+    receipt: Receipt | None = None
 
     @property
     def state_label(self) -> str:
@@ -156,9 +158,7 @@ def _count(name: str, step: StepProgress) -> str:
     return f"{step.done} {unit}" if step.done or step.status is StepStatus.DONE else ""
 
 
-def count_of(n: int, one: str, many: str) -> str:
-    """ "1 buzón", "2 buzones": Spanish plurals are not always one more letter."""
-    return f"{n} {one if n == 1 else many}"
+count_of = texts.count_of
 
 
 def flash(request: Request, text: str, kind: str = "info") -> None:
@@ -203,6 +203,7 @@ def make_templates() -> Jinja2Templates:
     templates.env.filters["date_es"] = date_es
     templates.env.globals["url_for"] = template_path_for
     templates.env.filters["count_of"] = count_of
+    templates.env.filters["receipt_text"] = texts.receipt_text
     return templates
 
 

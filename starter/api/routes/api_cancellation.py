@@ -1,4 +1,5 @@
-"""The cancellation of one service: request, confirm, resend, withdraw, status (contract 5).
+"""The cancellation of one service: request, confirm, resend, withdraw, status (contract 5),
+and the receipt once it is done (contract 8).
 
 Every route first finds the service in the panel database as this customer's (404
 otherwise, the same for a missing service and a stranger's), then talks to Temporal.
@@ -7,14 +8,17 @@ otherwise, the same for a missing service and a stranger's), then talks to Tempo
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Depends, Response
+from fastapi import APIRouter, Body, Depends, Query, Response
+from fastapi.responses import PlainTextResponse
 from temporalio.client import WorkflowFailureError
 from temporalio.service import RPCError
 
+from bajas import texts
 from bajas.limits import is_limit_rejection, request_refusal, resend_refusal
-from bajas.models import CancellationStatus, State
+from bajas.models import CancellationStatus, Receipt, State
+from bajas.receipts import stored_receipt
 from starter.api import store
 from starter.api.cancellations import billing_preview, cancellation_view, status_of
 from starter.api.deps import (
@@ -203,3 +207,26 @@ async def withdraw_cancellation(
     except CancellationError as err:
         raise await _refusal(cancellations, service, "cannot withdraw", err) from err
     return cancellation_view(status, service, settings)
+
+
+@router.get(
+    "/receipt",
+    response_model=Receipt,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def cancellation_receipt(
+    service: ServiceDep,
+    pool: PoolDep,
+    settings: SettingsDep,
+    format_: Annotated[
+        Literal["json", "text"],
+        Query(alias="format", description="`text`: the receipt as the final mail words it"),
+    ] = "json",
+) -> Receipt | Response:
+    """Once cancelled, the receipt (JSON, or plain text with ?format=text); 404 before."""
+    receipt = await stored_receipt(pool, service.id)
+    if receipt is None:
+        raise ApiError(404, f"no receipt for service {service.id}: it is not cancelled")
+    if format_ == "text":
+        return PlainTextResponse(texts.receipt_text(receipt, settings.business_tz) + "\n")
+    return receipt

@@ -21,6 +21,7 @@ from bajas.limits import (
     resend_refusal,
 )
 from bajas.models import CODE_LENGTH, State, is_well_formed_code
+from bajas.receipts import stored_receipt
 from starter.api import store
 from starter.api.cancellations import billing_preview, services_with_cancellations, status_of
 from starter.api.deps import (
@@ -96,8 +97,11 @@ async def service_page(
     pool: PoolDep,
     cancellations: ClientDep,
 ) -> Response:
-    """One service: its state, the code form while pending, progress while deprovisioning."""
+    """One service: its state, the code form while pending, progress while deprovisioning,
+    the receipt once cancelled."""
     card = await _card(pool, cancellations, service)
+    if service.status == "cancelled":
+        card = dataclasses.replace(card, receipt=await stored_receipt(pool, service.id))
     return render(
         request,
         "service.html",
