@@ -79,7 +79,9 @@ def activities_for(settings: Settings, pool: asyncpg.Pool) -> Sequence[Any]:
             mail_root=settings.mail_root,
             panel=PanelPaths(pool),
         ).close_billing,
-        NoticeActivities(pool, mailer, settings.ops_email).send_notice,
+        NoticeActivities(
+            pool, mailer, settings.ops_email, tz_name=settings.business_tz
+        ).send_notice,
         *node_activities_for(settings, pool),
     ]
 

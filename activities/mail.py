@@ -60,10 +60,13 @@ class Mailer:
 class NoticeActivities:
     """Once-per-run mails; `bajas.sent_mails` makes a retried activity send nothing more."""
 
-    def __init__(self, pool: asyncpg.Pool, mailer: Mailer, ops_email: str | None) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, mailer: Mailer, ops_email: str | None, *, tz_name: str
+    ) -> None:
         self.pool = pool
         self.mailer = mailer
         self.ops_email = ops_email
+        self.tz_name = tz_name
 
     @activity.defn(name="send_notice")
     async def send_notice(self, data: NoticeInput) -> NoticeResult:
@@ -86,7 +89,11 @@ class NoticeActivities:
             if data.billing_outcome is None:
                 raise ValueError("a 'cancelled' notice needs the billing outcome")
             subject, body = texts.cancelled_mail(
-                name=row["name"], domain=row["domain"], outcome=data.billing_outcome
+                name=row["name"],
+                domain=row["domain"],
+                outcome=data.billing_outcome,
+                tz_name=self.tz_name,
+                term_end=data.term_end,
             )
             await self.mailer.send(row["email"], subject, body, to_name=row["name"])
         elif data.kind == KIND_LOCKED:
