@@ -456,8 +456,7 @@ def report(
 def _print_report(counts: CancellationReport) -> None:
     from bajas.texts import NO_REASON
 
-    title = f"cancellations requested since {counts.since} ({counts.business_tz}): {counts.total}"
-    reasons = Table(title=title)
+    reasons = Table()
     reasons.add_column("reason_code")
     reasons.add_column("requests", justify="right")
     for r in counts.by_reason_code:
@@ -466,9 +465,12 @@ def _print_report(counts: CancellationReport) -> None:
     outcomes.add_column("billing_outcome")
     outcomes.add_column("requests", justify="right")
     for o in counts.by_billing_outcome:
-        outcomes.add_row(
-            o.billing_outcome.value if o.billing_outcome else "not confirmed", str(o.count)
-        )
+        name = o.billing_outcome.value if o.billing_outcome else "not confirmed"
+        outcomes.add_row(name, str(o.count))
+    out.print(
+        f"cancellations requested since {counts.since} ({counts.business_tz}): {counts.total}",
+        highlight=False,
+    )
     out.print(reasons)
     out.print(outcomes)
 
