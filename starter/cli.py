@@ -243,8 +243,8 @@ def request(
             number = (customer_number or "").strip()
             customer_id = await _customer_by_number(settings, number)
             whose = f"customer number {number} (id {customer_id})"
-        await _refuse_over_limits(settings, service, customer_id)
         client = await _cancellations(settings)
+        await _refuse_over_limits(settings, service, customer_id)
         answer = await client.request(
             service,
             customer_id,

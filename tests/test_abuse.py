@@ -448,7 +448,9 @@ async def test_line_break_in_name_or_domain_is_refused_readably(
 
 async def test_mail_headers_are_one_line(stack: Stack) -> None:
     """What reaches the SMTP layer anyway travels on one header line, to its one address."""
-    mailer = Mailer(SmtpSettings(host="127.0.0.1", port=stack.mail.port, sender="b@x.test"))  # type: ignore[attr-defined]
+    mailer = Mailer(
+        SmtpSettings(host="127.0.0.1", port=stack.settings.smtp_port, sender="b@x.test")
+    )
     tag = uuid.uuid4().hex
     await mailer.send(
         f"{tag}@example.test",

@@ -92,7 +92,7 @@ async def test_api_root_maps_the_api(api: httpx.AsyncClient) -> None:  # noqa: F
     assert {(m, p.format(cid="{cid}", sid="{sid}")) for m, p, _ in ROUTES} <= listed
     does = {(route["method"], route["path"]): route["does"] for route in index["routes"]}
     assert does[("POST", "/api/customers/{cid}/services/{sid}/cancellation/resend")] == (
-        "Mail a new code; the previous one stops working."
+        "Mail a new code; the previous one stops working; 429 after too many codes."
     )
     assert "Bearer" in index["authentication"]
 
