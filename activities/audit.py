@@ -36,7 +36,7 @@ async def record(conn: asyncpg.Connection | asyncpg.Pool, entry: TransitionInput
         update bajas.cancellation_requests
            set state = $8,
                billing_outcome = coalesce($9, billing_outcome),
-               confirmed_at = case when $8 = $11 then coalesce(confirmed_at, now())
+               confirmed_at = case when $8 = any($11::text[]) then coalesce(confirmed_at, now())
                                    else confirmed_at end,
                finished_at = case when $12 then coalesce(finished_at, now()) else finished_at end,
                updated_at = now()
@@ -52,7 +52,8 @@ async def record(conn: asyncpg.Connection | asyncpg.Pool, entry: TransitionInput
         entry.to_state,
         entry.billing_outcome,
         json.dumps(entry.details),
-        State.DEPROVISIONING,
+        # the states a confirmation leads to
+        [State.DEPROVISIONING, State.SCHEDULED],
         entry.to_state is not None and entry.to_state.is_final,
     )
 

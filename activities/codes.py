@@ -112,6 +112,7 @@ class CodeActivities:
             expires_on=row["expires_on"],
             debit_cutoff=data.debit_cutoff,
             preview=data.billing_preview,
+            term_end=data.term_end,
         )
         del code
         await self.mailer.send(row["email"], subject, body, to_name=row["name"])

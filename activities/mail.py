@@ -102,6 +102,7 @@ class NoticeActivities:
                     self.pool, data.service_id, info.workflow_run_id or ""
                 ),
                 tz_name=self.business_tz,
+                term_end=data.term_end,
             )
             await self.mailer.send(row["email"], subject, body, to_name=row["name"])
         elif data.kind == KIND_LOCKED:

@@ -80,8 +80,9 @@ class PanelDbActivities:
             await conn.execute(
                 """
                 insert into bajas.cancellation_requests
-                    (run_id, workflow_id, service_id, customer_id, requested_by, reason, state)
-                values ($1, $2, $3, $4, $5, $6, $7)
+                    (run_id, workflow_id, service_id, customer_id, requested_by, reason, state,
+                     reason_code, effective)
+                values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                 on conflict (run_id) do nothing
                 """,
                 info.workflow_run_id,
@@ -91,6 +92,8 @@ class PanelDbActivities:
                 data.requested_by,
                 data.reason,
                 state,
+                data.reason_code,
+                data.effective,
             )
             await record(
                 conn,
@@ -100,7 +103,12 @@ class PanelDbActivities:
                     customer_id=data.customer_id,
                     actor=data.requested_by,
                     to_state=state,
-                    details={"rejection_reason": check.rejection_reason},
+                    details={
+                        "rejection_reason": check.rejection_reason,
+                        "effective": data.effective.value,
+                        "reason_code": data.reason_code and data.reason_code.value,
+                        "reason": data.reason,
+                    },
                 ),
             )
         return check

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg
 
-from bajas.models import State
+from bajas.models import IN_PROGRESS
 
 if TYPE_CHECKING:
     from bajas.config import Settings
@@ -197,10 +197,7 @@ async def request_refusal(
         run_id,
     )
     assert row is not None
-    if attach_allowed and row["latest_state"] in (
-        State.AWAITING_CONFIRMATION,
-        State.DEPROVISIONING,
-    ):
+    if attach_allowed and row["latest_state"] in IN_PROGRESS:
         return None
     now: datetime = row["now"]
     locks: int = row["locks"]

@@ -16,8 +16,14 @@ MAX_RESENDS = 3
 MAX_ID = 2**63 - 1
 
 
+# What the free-text reason of a request may hold, in characters.
+MAX_REASON_CHARS = 500
+
+
 class State(StrEnum):
     AWAITING_CONFIRMATION = "awaiting_confirmation"
+    # confirmed with `effective: end_of_term`: waiting for `effective_at`, site and mail working
+    SCHEDULED = "scheduled"
     DEPROVISIONING = "deprovisioning"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
@@ -27,7 +33,33 @@ class State(StrEnum):
 
     @property
     def is_final(self) -> bool:
-        return self not in (State.AWAITING_CONFIRMATION, State.DEPROVISIONING)
+        return self not in IN_PROGRESS
+
+    @property
+    def withdrawable(self) -> bool:
+        """Nothing is deleted yet: the customer may still change their mind."""
+        return self in (State.AWAITING_CONFIRMATION, State.SCHEDULED)
+
+
+IN_PROGRESS = (State.AWAITING_CONFIRMATION, State.SCHEDULED, State.DEPROVISIONING)
+
+
+class Effective(StrEnum):
+    """When the deletion starts once confirmed: at once, or at 00:00 BUSINESS_TZ on
+    `expires_on`, the end of the paid period."""
+
+    NOW = "now"
+    END_OF_TERM = "end_of_term"
+
+
+class ReasonCode(StrEnum):
+    """Why the customer leaves (contract section 8); the panel's words are in bajas/texts.py."""
+
+    PRECIO = "precio"
+    CAMBIO_DE_PROVEEDOR = "cambio_de_proveedor"
+    CIERRE_DEL_PROYECTO = "cierre_del_proyecto"
+    PROBLEMAS_TECNICOS = "problemas_tecnicos"
+    OTRO = "otro"
 
 
 class BillingOutcome(StrEnum):
@@ -98,14 +130,27 @@ def is_well_formed_code(code: object) -> bool:
     return isinstance(code, str) and len(code) == CODE_LENGTH and code.isascii() and code.isdigit()
 
 
+def reason_refusal(reason: str | None) -> str | None:
+    """Why a request's free-text reason is refused (one line), or None. Checked before
+    anything starts; the workflow input takes any length, so older runs still decode."""
+    if reason is not None and len(reason) > MAX_REASON_CHARS:
+        return f"the reason may hold at most {MAX_REASON_CHARS} characters (it has {len(reason)})"
+    return None
+
+
 # --- workflow input, messages and result -------------------------------------------
 
 
 class CancellationInput(BaseModel):
+    """`reason` and `reason_code` are the customer's: they stay out of search attributes
+    and of the Web UI's summary and details."""
+
     service_id: int
     customer_id: int
     requested_by: str = "panel"
     reason: str | None = None
+    effective: Effective = Effective.NOW
+    reason_code: ReasonCode | None = None
 
 
 class ConfirmInput(BaseModel):
@@ -138,8 +183,22 @@ class ResendResult(BaseModel):
     resends_left: int
 
 
+class TimelineEvent(BaseModel):
+    """One moment of a cancellation, for the panel's timeline: `requested`, `code_sent`,
+    `code_resent`, `confirmed`, a state reached (`scheduled`, `deprovisioning`, and the
+    final ones), or a step done (`billing_done`, `mailboxes_done`, `files_done`)."""
+
+    event: str
+    at: AwareDatetime
+
+
 class CancellationStatus(BaseModel):
-    """What the `status` query answers; the panel and operators read this."""
+    """What the `status` query answers; the panel and operators read this.
+
+    `effective_at` is when the deletion starts or started: the confirmation instant for
+    `now`, 00:00 BUSINESS_TZ on `expires_on` for `end_of_term` (or the confirmation, if
+    that came later); None while unknown.
+    """
 
     state: State
     service_id: int
@@ -158,6 +217,10 @@ class CancellationStatus(BaseModel):
     rejection_reason: str | None = None
     sla_at_risk: bool = False
     steps: Steps = Field(default_factory=Steps)
+    effective: Effective = Effective.NOW
+    effective_at: AwareDatetime | None = None
+    reason_code: ReasonCode | None = None
+    timeline: list[TimelineEvent] = Field(default_factory=list)
 
 
 class CancellationResult(BaseModel):
@@ -173,10 +236,14 @@ class CancellationResult(BaseModel):
 
 
 class ServiceCheckInput(BaseModel):
+    """The request as the audit trail and `bajas.cancellation_requests` keep it."""
+
     service_id: int
     customer_id: int
     requested_by: str = "panel"
     reason: str | None = None
+    effective: Effective = Effective.NOW
+    reason_code: ReasonCode | None = None
 
 
 class ServiceCheck(BaseModel):
@@ -229,7 +296,9 @@ class AcceptedService(BaseModel):
 
 class IssueCodeInput(BaseModel):
     """`debit_cutoff` is the day from which an automatic debit is at the bank (None for
-    manual payers, and in inputs written before the field: their mail has no warning)."""
+    manual payers, and in inputs written before the field: their mail has no warning).
+    `term_end` is when the deletion will start if the customer chose `end_of_term` and
+    that is still ahead (None otherwise: it starts at confirmation)."""
 
     service_id: int
     customer_id: int
@@ -237,6 +306,7 @@ class IssueCodeInput(BaseModel):
     expires_at: AwareDatetime
     billing_preview: BillingOutcome
     debit_cutoff: date | None = None
+    term_end: AwareDatetime | None = None
 
 
 class IssueCodeResult(BaseModel):
@@ -388,13 +458,15 @@ class FinishInput(BaseModel):
 
 class NoticeInput(BaseModel):
     """A mail to the customer ("dado de baja") or to operations (SLA alert, with a line
-    per failing step in `problems`)."""
+    per failing step in `problems`). `term_end` is the end of the paid period the
+    deletion waited for (`end_of_term`), None when it started at confirmation."""
 
     kind: str
     service_id: int
     customer_id: int
     billing_outcome: BillingOutcome | None = None
     problems: list[str] = Field(default_factory=list)
+    term_end: AwareDatetime | None = None
 
 
 class NoticeResult(BaseModel):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
-from bajas.models import BillingOutcome, Receipt
+from bajas.models import BillingOutcome, ReasonCode, Receipt
 
 OUTCOME_TEXTS: dict[BillingOutcome, str] = {
     BillingOutcome.LATE_NO_REFUND: (
@@ -32,6 +32,16 @@ OUTCOME_TEXTS: dict[BillingOutcome, str] = {
         "pendientes: no habrá más cargos."
     ),
 }
+
+# The panel's words for the reason codes (contract section 8).
+REASON_LABELS: dict[ReasonCode, str] = {
+    ReasonCode.PRECIO: "El precio",
+    ReasonCode.CAMBIO_DE_PROVEEDOR: "Me cambio a otro proveedor",
+    ReasonCode.CIERRE_DEL_PROYECTO: "Cierro el proyecto o el sitio",
+    ReasonCode.PROBLEMAS_TECNICOS: "Problemas técnicos",
+    ReasonCode.OTRO: "Otro motivo",
+}
+NO_REASON = "sin motivo"
 
 MONTHS = (
     "enero febrero marzo abril mayo junio julio agosto septiembre octubre noviembre diciembre"
@@ -68,6 +78,17 @@ def local_time(instant: datetime, tz_name: str, *, seconds: bool = False) -> str
     return f"{local:%d/%m/%Y} {clock} ({zone_label(tz_name)})"
 
 
+def long_time(instant: datetime, tz_name: str) -> str:
+    """ "15 de junio de 2026 a las 00:00 (hora de Buenos Aires)": a date people plan by."""
+    local = instant.astimezone(ZoneInfo(tz_name))
+    return f"{long_date(local.date())} a las {local:%H:%M} ({zone_label(tz_name)})"
+
+
+def working_until(term_end: datetime, tz_name: str) -> str:
+    """The clause a cancellation at the end of the term adds, for the panel and the mails."""
+    return f"el sitio y el correo siguen funcionando hasta el {long_time(term_end, tz_name)}"
+
+
 def debit_warning(cutoff: date | None) -> str | None:
     """The automatic-debit warning of the customer instructions; None without a cut-off
     (a manual payer)."""
@@ -89,8 +110,18 @@ def code_mail(
     expires_on: date,
     debit_cutoff: date | None,
     preview: BillingOutcome,
+    term_end: datetime | None = None,
 ) -> tuple[str, str]:
-    """Subject and body of the mail that carries the confirmation code."""
+    """Subject and body of the mail that carries the confirmation code; with `term_end`,
+    the deletion waits for the end of the term."""
+    deleted = (
+        "Al confirmar se borrará todo el contenido del sitio y todo el correo existente, "
+        "y se cerrará la facturación del servicio."
+        if term_end is None
+        else f"Usted eligió la baja al final del período: al confirmar, "
+        f"{working_until(term_end, tz_name)}. Entonces se borrará todo el contenido del "
+        "sitio y todo el correo existente, y se cerrará la facturación del servicio."
+    )
     lines = [
         f"Hola {name}:",
         "",
@@ -101,8 +132,7 @@ def code_mail(
         f'Ingréselo en el panel con "Confirmar baja del servicio" antes del '
         f"{local_time(expires_at, tz_name)}.",
         "",
-        "Al confirmar se borrará todo el contenido del sitio y todo el correo existente, "
-        "y se cerrará la facturación del servicio.",
+        deleted,
         f"Facturación: {outcome_text(preview)}",
         f"Vencimiento del servicio: {short_date(expires_on)}.",
     ]
@@ -117,11 +147,23 @@ def code_mail(
 
 
 def cancelled_mail(
-    *, name: str, domain: str, outcome: BillingOutcome, receipt: Receipt | None, tz_name: str
+    *,
+    name: str,
+    domain: str,
+    outcome: BillingOutcome,
+    receipt: Receipt | None,
+    tz_name: str,
+    term_end: datetime | None = None,
 ) -> tuple[str, str]:
     """Subject and body of the "dado de baja" mail: the receipt, or without one (a run
-    finished by a worker older than receipts) the outcome alone."""
+    finished by a worker older than receipts) the outcome alone; `term_end` when the
+    deletion waited for the end of the term."""
     lines = [f"Hola {name}:", "", f"El servicio {domain} fue dado de baja."]
+    if term_end is not None:
+        lines.append(
+            "Como lo pidió, el borrado empezó al final del período: el "
+            f"{long_time(term_end, tz_name)}."
+        )
     if receipt is None:
         lines += [
             "Se borró todo el contenido del sitio y todo el correo existente.",

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import getpass
 import os
+import re
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import date
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
@@ -19,10 +21,18 @@ from rich.console import Console
 from rich.table import Table
 
 from bajas.config import ConfigError, Settings, Unreachable, settings_from_env
-from bajas.models import MAX_ID, CancellationStatus
+from bajas.models import (
+    MAX_ID,
+    CancellationStatus,
+    Effective,
+    ReasonCode,
+    State,
+    reason_refusal,
+)
 
 if TYPE_CHECKING:
     from starter.client import CancellationClient
+    from starter.report import CancellationReport
 
 T = TypeVar("T")
 app = typer.Typer(
@@ -200,7 +210,19 @@ def request(
             metavar="NUMBER",
         ),
     ] = None,
-    reason: Annotated[str | None, typer.Option(help="free text kept in the audit trail")] = None,
+    reason: Annotated[
+        str | None, typer.Option(help="free text kept in the audit trail, at most 500 characters")
+    ] = None,
+    effective: Annotated[
+        Effective,
+        typer.Option(
+            help="now: delete within 24 h of the confirmation; end_of_term: at 00:00"
+            " BUSINESS_TZ on the service's expiry date"
+        ),
+    ] = Effective.NOW,
+    reason_code: Annotated[
+        ReasonCode | None, typer.Option("--reason-code", help="why the customer leaves")
+    ] = None,
 ) -> None:
     """Start a cancellation (or show the one already running); the code goes by mail."""
     if (customer is None) == (customer_number is None):
@@ -209,6 +231,9 @@ def request(
             "--customer-number NUMBER (the número de cliente the panel shows)",
             param_hint="--customer/--customer-number",
         )
+    refusal = reason_refusal(reason)
+    if refusal is not None:
+        raise Failure(f"--reason: {refusal}; nothing was started")
     settings = _settings()
 
     async def go() -> None:
@@ -220,7 +245,14 @@ def request(
             whose = f"customer number {number} (id {customer_id})"
         client = await _cancellations(settings)
         await _refuse_over_limits(settings, service, customer_id)
-        answer = await client.request(service, customer_id, requested_by="operator", reason=reason)
+        answer = await client.request(
+            service,
+            customer_id,
+            requested_by="operator",
+            reason=reason,
+            reason_code=reason_code,
+            effective=effective,
+        )
         if answer.status.state.value == "rejected":
             why = answer.status.rejection_reason or "rejected"
             if why == NOT_THE_CUSTOMERS and customer is not None:
@@ -334,7 +366,11 @@ def confirm(
             raise Failure(
                 f"code not accepted; attempts left: {result.attempts_left} (state {result.state.value})"
             )
-        out.print(f"confirmed: service {service} is being deprovisioned")
+        if result.state is State.SCHEDULED:
+            at = (await client.status(service)).effective_at
+            out.print(f"confirmed: service {service} is scheduled for deletion at {at}")
+        else:
+            out.print(f"confirmed: service {service} is being deprovisioned")
 
     _client_command(go)
 
@@ -413,6 +449,71 @@ def _no_receipt(service: int, status: str | None) -> str:
     if status == "cancelled":
         return f"service {service} was cancelled without a receipt (before receipts were kept)"
     return f"service {service} is {status}, not cancelled: a receipt comes once it is"
+
+
+def _since(text: str) -> date:
+    """A calendar date written YYYY-MM-DD, nothing else."""
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            return date.fromisoformat(text)
+    except ValueError:
+        pass
+    raise typer.BadParameter(f"{text!r} is not a date: write it YYYY-MM-DD, e.g. 2026-01-31")
+
+
+@app.command()
+def report(
+    since: Annotated[
+        date,
+        typer.Option(
+            help="count the requests made from 00:00 BUSINESS_TZ that day",
+            parser=_since,
+            metavar="YYYY-MM-DD",
+        ),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="print the counts as JSON")] = False,
+) -> None:
+    """Cancellations requested since a date, counted per reason_code and per billing_outcome."""
+    from starter.report import cancellation_report
+
+    settings = _settings()
+
+    async def go() -> None:
+        from bajas.db import connect
+
+        conn = await connect(settings.require_database_url())
+        try:
+            counts = await cancellation_report(conn, since, settings.business_tz)
+        finally:
+            await conn.close()
+        if as_json:
+            sys.stdout.write(counts.model_dump_json(indent=2) + "\n")
+        else:
+            _print_report(counts)
+
+    _client_command(go)
+
+
+def _print_report(counts: CancellationReport) -> None:
+    from bajas.texts import NO_REASON
+
+    reasons = Table()
+    reasons.add_column("reason_code")
+    reasons.add_column("requests", justify="right")
+    for r in counts.by_reason_code:
+        reasons.add_row(r.reason_code.value if r.reason_code else NO_REASON, str(r.count))
+    outcomes = Table()
+    outcomes.add_column("billing_outcome")
+    outcomes.add_column("requests", justify="right")
+    for o in counts.by_billing_outcome:
+        name = o.billing_outcome.value if o.billing_outcome else "not confirmed"
+        outcomes.add_row(name, str(o.count))
+    out.print(
+        f"cancellations requested since {counts.since} ({counts.business_tz}): {counts.total}",
+        highlight=False,
+    )
+    out.print(reasons)
+    out.print(outcomes)
 
 
 @app.command("set-password")
@@ -494,6 +595,7 @@ def _describe(err: Exception) -> str:
 
 def _usage_message(err: typer.TyperException) -> str:
     message = err.format_message() if hasattr(err, "format_message") else str(err)
+    message = message.replace("Value error, ", "")  # how typer passes on an enum's refusal
     hint = getattr(err, "param_hint", None) or getattr(getattr(err, "param", None), "opts", None)
     if isinstance(hint, list | tuple):
         hint = "/".join(hint)
@@ -519,6 +621,9 @@ def _print_status(status: CancellationStatus, *, title: str) -> None:
         ("billing outcome", status.billing_outcome and status.billing_outcome.value),
         ("rejection", status.rejection_reason),
         ("SLA at risk", "yes" if status.sla_at_risk else None),
+        ("effective", status.effective.value),
+        ("effective at", status.effective_at),
+        ("reason code", status.reason_code and status.reason_code.value),
     ]
     for name in ("billing", "mailboxes", "files"):
         step = getattr(status.steps, name)

@@ -33,13 +33,16 @@ from bajas.models import (
     CancellationStatus,
     ConfirmInput,
     ConfirmResult,
+    Effective,
     FilesProgress,
+    ReasonCode,
     ResendInput,
     ResendResult,
     State,
     StepStatus,
     WithdrawInput,
     is_well_formed_code,
+    reason_refusal,
 )
 from workflows.search_attributes import (
     CANCELLATION_STATE,
@@ -81,13 +84,19 @@ class CancellationClient:
         *,
         requested_by: str = "panel",
         reason: str | None = None,
+        reason_code: ReasonCode | None = None,
+        effective: Effective = Effective.NOW,
         wait: timedelta = timedelta(seconds=15),
     ) -> RequestAnswer:
         """Start the cancellation, or attach to the one already running for the service.
 
         One round trip (update-with-start): answers once the code mail has left or the
-        request was rejected, or after `wait` with the state as it is then.
+        request was rejected, or after `wait` with the state as it is then. A reason
+        longer than MAX_REASON_CHARS is refused here, before anything starts.
         """
+        refusal = reason_refusal(reason)
+        if refusal is not None:
+            raise CancellationError(refusal)
         start: WithStartWorkflowOperation[Any, CancellationResult] = WithStartWorkflowOperation(
             WORKFLOW_TYPE,
             CancellationInput(
@@ -95,6 +104,8 @@ class CancellationClient:
                 customer_id=customer_id,
                 requested_by=requested_by,
                 reason=reason,
+                effective=effective,
+                reason_code=reason_code,
             ),
             id=workflow_id_for(service_id),
             task_queue=self.task_queue,
@@ -109,7 +120,8 @@ class CancellationClient:
                 ]
             ),
             static_summary=f"Baja del servicio {service_id} (cliente {customer_id})",
-            static_details=f"Requested by {requested_by}" + (f": {reason}" if reason else ""),
+            # no reason here: it is the customer's, and these texts are never encrypted
+            static_details=f"Requested by {requested_by}, effective {effective.value}",
         )
         try:
             status = await asyncio.wait_for(

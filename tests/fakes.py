@@ -72,6 +72,9 @@ def accepted_check(**overrides: Any) -> ServiceCheck:
 class Call:
     name: str
     input: Any
+    # when the server scheduled it: the test server's (skipped) time for regular
+    # activities; local activities see the wall clock
+    at: datetime | None = None
 
 
 @dataclass
@@ -129,7 +132,11 @@ class FakeActivities:
         ]
 
     def _record(self, name: str, data: BaseModel) -> None:
-        self.calls.append(Call(name, data.model_copy(deep=True)))
+        at = activity.info().current_attempt_scheduled_time
+        self.calls.append(Call(name, data.model_copy(deep=True), at))
+
+    def first_at(self, name: str) -> datetime:
+        return next(c.at for c in self.calls if c.name == name and c.at is not None)
 
     # ---- the fakes ------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from temporalio.service import RPCError, RPCStatusCode
 
 from bajas.config import ConfigError, Settings
-from bajas.models import CancellationStatus
+from bajas.models import MAX_REASON_CHARS, CancellationStatus
 from starter.api.app import create_app
 from starter.api.security import session_secret
 from tests.conftest import Stack
@@ -538,3 +538,78 @@ async def test_the_app_connects_by_itself(
             assert (await client.delete(base(svc))).status_code == 200
             assert (await client.get("/dev/mail")).status_code == 404
     assert own.state.bajas.pool is None
+
+
+# ---- when and why (contract section 8) ---------------------------------------------------
+
+
+async def test_end_of_term_request_with_reasons(
+    api: httpx.AsyncClient,  # noqa: F811
+    stack: Stack,
+) -> None:
+    svc = await stack.panel.service(expires_on=date(2099, 6, 15), files=2, mailboxes=1)
+    reason = "ñ" * MAX_REASON_CHARS  # at the limit, counted in characters
+    r = await api.post(
+        base(svc),
+        json={"effective": "end_of_term", "reason_code": "precio", "reason": reason},
+    )
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert (body["effective"], body["reason_code"]) == ("end_of_term", "precio")
+    assert body["effective_at"] == "2099-06-15T03:00:00Z"  # 00:00 in Buenos Aires
+    assert "reason" not in body  # the free text is kept, not shown back
+    row = await stack.pool.fetchrow(
+        "select effective, reason_code, reason from bajas.cancellation_requests where run_id = $1",
+        body["run_id"],
+    )
+    assert dict(row) == {"effective": "end_of_term", "reason_code": "precio", "reason": reason}
+
+    code = await latest_code(stack, svc)
+    r = await api.post(base(svc) + "/confirm", json={"code": code})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"accepted": True, "attempts_left": 5, "state": "scheduled"}
+    scheduled = await wait_state(api, svc, "scheduled")
+    assert scheduled["effective_at"] == "2099-06-15T03:00:00Z"
+    assert [e["event"] for e in scheduled["timeline"]] == [
+        "requested",
+        "code_sent",
+        "confirmed",
+        "scheduled",
+    ]
+    # the list shows it as a cancellation in progress, not as a plain active service
+    listed = (await api.get(f"/api/customers/{svc.customer_id}/services")).json()["services"]
+    assert listed[0]["status"] == "active"
+    assert listed[0]["cancellation"]["state"] == "scheduled"
+
+    r = await api.delete(base(svc))
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "withdrawn"
+    assert svc.document_root is not None and svc.document_root.exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        pytest.param(
+            {"reason": "x" * (MAX_REASON_CHARS + 1)}, ("reason", "500 characters"), id="long"
+        ),
+        pytest.param({"reason_code": "caro"}, ("reason_code", "precio"), id="unknown_code"),
+        pytest.param({"effective": "mañana"}, ("effective", "end_of_term"), id="bad_effective"),
+    ],
+)
+async def test_bad_reasons_are_422_and_start_nothing(
+    api: httpx.AsyncClient,  # noqa: F811
+    stack: Stack,
+    body: dict[str, str],
+    words: tuple[str, ...],
+) -> None:
+    svc = await stack.panel.service()
+    r = await api.post(base(svc), json=body)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    for word in words:
+        assert word in detail, detail
+    assert await no_workflow(stack, svc.service_id)
+    assert not await stack.pool.fetchval(
+        "select count(*) from bajas.cancellation_requests where service_id = $1", svc.service_id
+    )

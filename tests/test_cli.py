@@ -14,9 +14,11 @@ import os
 import sys
 import uuid
 from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
@@ -24,7 +26,7 @@ from argon2 import PasswordHasher
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
 
-from bajas.models import MAX_WRONG_CODES, State
+from bajas.models import MAX_WRONG_CODES, ReasonCode, State
 from tests.conftest import Stack
 from tests.helpers import assert_eventually, free_port
 from tests.helpers.mail import code_in, mails_about
@@ -526,3 +528,137 @@ async def test_scripts_run_bajas_and_temporal_from_the_venv(tmp_path: Path) -> N
     copy.chmod(0o755)
     run = await _script(copy, "status", "--service", "1")
     assert_one_error_line(run, 1, ".venv/bin/bajas not found", "./scripts/dev")
+
+
+# ---- when and why, and the report (contract section 8) -----------------------------------
+
+
+async def test_request_for_the_end_of_the_term(stack: Stack) -> None:
+    svc = await stack.panel.service(expires_on=date(2099, 6, 15), files=2, mailboxes=1)
+    sid, cid = str(svc.service_id), str(svc.customer_id)
+    try:
+        run = await bajas(
+            stack,
+            "request",
+            "--customer",
+            cid,
+            "--service",
+            sid,
+            "--effective",
+            "end_of_term",
+            "--reason-code",
+            "cambio_de_proveedor",
+        )
+        assert run.code == 0, run
+        assert "end_of_term" in run.out and "cambio_de_proveedor" in run.out, run
+        code = await wait_code(stack, svc.domain)
+        run = await bajas(stack, "confirm", "--service", sid, "--code", code)
+        assert run.code == 0, run
+        assert "scheduled for deletion at 2099-06-15 03:00:00+00:00" in run.out, run
+        run = await bajas(stack, "status", "--service", sid, "--json")
+        status = json.loads(run.out)
+        assert (status["state"], status["effective"], status["effective_at"]) == (
+            "scheduled",
+            "end_of_term",
+            "2099-06-15T03:00:00Z",
+        )
+        assert status["reason_code"] == "cambio_de_proveedor"
+        run = await bajas(stack, "withdraw", "--service", sid)
+        assert run.code == 0 and "withdrawn" in run.out, run
+        assert svc.document_root is not None and svc.document_root.exists()
+    finally:
+        await terminate(stack, svc.service_id)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        pytest.param(("--reason", "x" * 501), 1, ("at most 500 characters", "501"), id="long"),
+        pytest.param(("--reason-code", "caro"), 2, ("--reason-code", "precio"), id="code"),
+        pytest.param(("--effective", "mañana"), 2, ("--effective", "end_of_term"), id="when"),
+    ],
+)
+async def test_bad_reasons_start_nothing(
+    stack: Stack, args: tuple[str, ...], code: int, words: tuple[str, ...]
+) -> None:
+    svc = await stack.panel.service()
+    run = await bajas(
+        stack,
+        "request",
+        "--customer",
+        str(svc.customer_id),
+        "--service",
+        str(svc.service_id),
+        *args,
+    )
+    assert_one_error_line(run, code, *words)
+    with pytest.raises(RPCError):
+        await stack.cancellations.handle(svc.service_id).describe()
+    assert not await stack.pool.fetchval(
+        "select count(*) from bajas.cancellation_requests where service_id = $1", svc.service_id
+    )
+
+
+def _counts(report: dict[str, Any], by: str, key: str) -> dict[str | None, int]:
+    return {entry[key]: entry["count"] for entry in report[by]}
+
+
+async def test_report_counts_the_requests_per_reason_and_outcome(stack: Stack) -> None:
+    since = datetime.now(ZoneInfo(stack.settings.business_tz)).date().isoformat()
+
+    async def report() -> dict[str, Any]:
+        run = await bajas(stack, "report", "--since", since, "--json")
+        assert run.code == 0, run
+        return dict(json.loads(run.out))
+
+    before = await report()
+    assert before["since"] == since and before["business_tz"] == stack.settings.business_tz
+
+    # confirmed, for the price; withdrawn, for the price; withdrawn, no reason given
+    done, kept, quiet = [await stack.panel.service(files=1, mailboxes=0) for _ in range(3)]
+    for svc, reason in ((done, ReasonCode.PRECIO), (kept, ReasonCode.PRECIO), (quiet, None)):
+        await stack.cancellations.request(svc.service_id, svc.customer_id, reason_code=reason)
+    await stack.cancellations.confirm(done.service_id, await wait_code(stack, done.domain))
+    assert (await stack.cancellations.result(done.service_id)).state is State.CANCELLED
+    for svc in (kept, quiet):
+        await stack.cancellations.withdraw(svc.service_id)
+    # a request the check rejected never became a cancellation: not counted
+    stranger = await stack.panel.service()
+    rejected = await stack.cancellations.request(stranger.service_id, done.customer_id)
+    assert rejected.status.state is State.REJECTED
+
+    after = await report()
+    assert after["total"] - before["total"] == 3
+    reasons_before = _counts(before, "by_reason_code", "reason_code")
+    reasons = _counts(after, "by_reason_code", "reason_code")
+    assert list(reasons) == [*(c.value for c in ReasonCode), None]
+    assert {
+        k: reasons[k] - reasons_before[k] for k in reasons if reasons[k] != reasons_before[k]
+    } == {
+        "precio": 2,
+        None: 1,
+    }
+    outcomes_before = _counts(before, "by_billing_outcome", "billing_outcome")
+    outcomes = _counts(after, "by_billing_outcome", "billing_outcome")
+    assert {
+        k: outcomes[k] - outcomes_before[k] for k in outcomes if outcomes[k] != outcomes_before[k]
+    } == {"no_further_charges": 1, None: 2}
+    # the counts are the rows' own
+    rows = await stack.pool.fetchval(
+        "select count(*) from bajas.cancellation_requests where state <> 'rejected'"
+        " and requested_at >= ($1::date::timestamp at time zone $2)",
+        date.fromisoformat(since),
+        stack.settings.business_tz,
+    )
+    assert after["total"] == rows
+
+    table = await bajas(stack, "report", "--since", since)
+    assert table.code == 0, table
+    assert "sin motivo" in table.out and "precio" in table.out and "not confirmed" in table.out
+    assert f"cancellations requested since {since}" in table.out
+
+
+@pytest.mark.parametrize("text", ["2026-13-01", "20260101", "ayer", "2026-2-1"])
+async def test_report_with_a_bad_date_is_one_line(stack: Stack, text: str) -> None:
+    run = await bajas(stack, "report", "--since", text)
+    assert_one_error_line(run, 2, "--since", "YYYY-MM-DD", text)

@@ -351,7 +351,9 @@ async def test_cli_reads_the_history_through_the_codec_server(
     )
     assert f"domain: {done.service.domain}" in opened
     assert f"reason: {done.reason}" in opened
-    assert f"userMetadata.details: Requested by panel: {done.reason}" in opened
+    # the reason is the customer's: never in the Web UI's texts, encrypted or not
+    assert "userMetadata.details: Requested by panel, effective now" in opened
+    assert f"Requested by panel: {done.reason}" not in opened
     assert "binary/encrypted" not in opened
 
 

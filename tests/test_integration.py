@@ -32,6 +32,8 @@ from bajas.models import (
     BillingOutcome,
     CancellationResult,
     CancellationStatus,
+    Effective,
+    ReasonCode,
     State,
     StepStatus,
 )
@@ -47,6 +49,8 @@ from tests.helpers.panel import (
     tree_files,
     tree_snapshot,
 )
+from workflows.rules import outcome_at
+from workflows.search_attributes import CANCELLATION_STATE
 
 pytestmark = pytest.mark.integration
 
@@ -827,3 +831,108 @@ async def test_path_of_an_earlier_cancelled_service_can_be_cancelled_again(
         assert not site.exists() and not maildir.exists()
     finally:
         await terminate(stack, again.service_id)
+
+
+# ---- the end of the term (contract section 8) -------------------------------------------
+
+
+async def test_end_of_term_already_reached_deletes_at_once(stack: Any) -> None:
+    """Expiring today, the term ended at 00:00: confirming starts the deletion at once."""
+    today = await business_today(stack)
+    svc = await stack.panel.service(expires_on=today, files=3, mailboxes=1)
+    answer = await stack.cancellations.request(
+        svc.service_id, svc.customer_id, effective=Effective.END_OF_TERM
+    )
+    assert answer.status.effective is Effective.END_OF_TERM
+    mail = await wait_code_mail(stack, svc)
+    assert "final del período" not in mail.body  # nothing left to wait for
+    answer_ = await stack.cancellations.confirm(svc.service_id, code_in(mail))
+    assert (answer_.accepted, answer_.state) == (True, State.DEPROVISIONING)
+    result = await result_of(stack, svc.service_id)
+    assert (result.state, result.billing_outcome) == (State.CANCELLED, LATE)
+    status = await stack.cancellations.status(svc.service_id)
+    assert status.effective_at is not None and status.effective_at == status.confirmed_at
+    assert svc.document_root is not None and not svc.document_root.exists()
+    assert not any(m.exists() for m in svc.maildirs)
+    events = await audit(stack, answer.run_id)
+    assert events["confirmed"]["to_state"] == "deprovisioning"
+    assert "term_ended" not in events
+    [done] = done_mails(stack, svc.domain)
+    assert "final del período" not in done.body
+
+
+async def test_end_of_term_tomorrow_is_scheduled_and_can_be_withdrawn(stack: Any) -> None:
+    tz = ZoneInfo(stack.settings.business_tz)
+    tomorrow = await business_today(stack) + timedelta(days=1)
+    svc = await stack.panel.service(
+        expires_on=tomorrow, payment_method="auto_debit", files=4, mailboxes=2
+    )
+    await add_mandate(stack.pool, svc.service_id)
+    before = await panel_snapshot(stack, svc)
+    answer = await stack.cancellations.request(
+        svc.service_id,
+        svc.customer_id,
+        effective=Effective.END_OF_TERM,
+        reason_code=ReasonCode.CIERRE_DEL_PROYECTO,
+        reason="cerramos la tienda",
+    )
+    run_id = answer.run_id
+    end = datetime.combine(tomorrow, datetime.min.time(), tz)
+    assert answer.status.effective_at == end
+    mail = await wait_code_mail(stack, svc)
+    assert (
+        f"el sitio y el correo siguen funcionando hasta el {tomorrow.day} de" in mail.body
+        and "a las 00:00 (hora de Buenos Aires)" in mail.body
+    ), mail.body
+
+    confirmed = await stack.cancellations.confirm(svc.service_id, code_in(mail))
+    assert (confirmed.accepted, confirmed.state) == (True, State.SCHEDULED)
+    status = await wait_status(
+        stack, svc.service_id, lambda s: s.state is State.SCHEDULED, "scheduled"
+    )
+    assert (status.effective, status.effective_at) == (Effective.END_OF_TERM, end)
+    assert status.reason_code is ReasonCode.CIERRE_DEL_PROYECTO
+    # decided at the confirmation, today (on the day of the deletion it would be "late")
+    assert status.confirmed_at is not None
+    outcome = outcome_at(status.confirmed_at, stack.settings.business_tz, tomorrow, "auto_debit")
+    assert status.billing_outcome is outcome is not LATE
+    described = await stack.cancellations.handle(svc.service_id).describe()
+    assert described.typed_search_attributes.get(CANCELLATION_STATE) == "scheduled"
+    # the reason is the customer's: not in what operators see on the workflow
+    shown = f"{await described.static_summary()} {await described.static_details()}"
+    assert "end_of_term" in shown and "cerramos" not in shown and "cierre" not in shown
+
+    async def row_scheduled() -> dict[str, Any] | None:
+        row = await request_row(stack, run_id)
+        return row if row["state"] == "scheduled" else None
+
+    row = await assert_eventually(row_scheduled, "the request row to say scheduled")
+    assert (row["effective"], row["reason_code"], row["reason"]) == (
+        "end_of_term",
+        "cierre_del_proyecto",
+        "cerramos la tienda",
+    )
+    assert row["confirmed_at"] is not None and row["billing_outcome"] == outcome
+    # site, mail and billing as they were: nothing happens before the end of the term
+    assert await panel_snapshot(stack, svc) == before
+
+    withdrawn = await stack.cancellations.withdraw(svc.service_id, by="customer")
+    assert withdrawn.state is State.WITHDRAWN
+    assert (await result_of(stack, svc.service_id)).state is State.WITHDRAWN
+    assert await panel_snapshot(stack, svc) == before
+    events = await audit(stack, run_id)
+    assert list(events) == ["requested", "code_sent:1", "confirmed", "withdrawn"]
+    assert events["requested"]["details"] | {"rejection_reason": None} == {
+        "rejection_reason": None,
+        "effective": "end_of_term",
+        "reason_code": "cierre_del_proyecto",
+        "reason": "cerramos la tienda",
+    }
+    assert events["confirmed"]["to_state"] == "scheduled"
+    assert datetime.fromisoformat(events["confirmed"]["details"]["effective_at"]) == end
+    assert (events["withdrawn"]["from_state"], events["withdrawn"]["actor"]) == (
+        "scheduled",
+        "customer",
+    )
+    assert (await request_row(stack, run_id))["state"] == "withdrawn"
+    assert done_mails(stack, svc.domain) == []

@@ -13,6 +13,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -421,3 +422,166 @@ async def test_not_found_page_keeps_the_signed_in_header(
         assert r.status_code == 404, path
         assert "No encontrado" in r.text
         assert f"cliente {number}" in r.text and "Salir" in r.text, path
+
+
+# ---- when and why, the scheduled banner, the timeline (contract section 8) ---------------
+
+
+def timeline_of(html: str) -> list[tuple[str, str]]:
+    """(time shown, text) of each line of the "Historial de la baja"."""
+    block = re.search(r'<ol class="timeline">(.*?)</ol>', html, re.S)
+    assert block, "no timeline on the page"
+    return [
+        (when, " ".join(text.split()))
+        for when, text in re.findall(
+            r"<li><time datetime=\"[^\"]+\">([^<]+)</time>(.*?)</li>", block.group(1), re.S
+        )
+    ]
+
+
+async def test_end_of_term_through_the_panel(http: httpx.AsyncClient, stack: Stack) -> None:
+    cid, number, email = await customer_with_clave(stack)
+    svc = await stack.panel.service((cid, email), expires_on=date(2099, 6, 15), mailboxes=1)
+    await http_sign_in(http, number)
+    page = f"/panel/servicios/{svc.service_id}"
+    preview = await http.get(page + "/baja")
+    assert 'name="reason_code"' in preview.text and 'maxlength="500"' in preview.text
+    for label in ("El precio", "Me cambio a otro proveedor", "Problemas técnicos", "Otro motivo"):
+        assert f">{label}</option>" in preview.text
+    assert "Ahora: se borra todo dentro de las 24 horas de confirmar." in preview.text
+    until = "hasta el 15 de junio de 2099 a las 00:00 (hora de Buenos Aires)"
+    assert f"Al final del período: el sitio y el correo siguen funcionando {until}." in (
+        " ".join(preview.text.split())
+    )
+
+    # A browser sends the textarea's line break as CRLF and counts it as one character.
+    reason = "a" * 250 + "\r\n" + "b" * 249
+    token = csrf_of(preview.text)
+    r = await http.post(
+        page + "/baja",
+        data={
+            "csrf_token": token,
+            "effective": "end_of_term",
+            "reason_code": "problemas_tecnicos",
+            "reason": reason,
+        },
+        follow_redirects=True,
+    )
+    assert "baja pendiente de confirmación" in r.text
+    assert f"Al confirmar, el sitio y el correo siguen funcionando {until}." in " ".join(
+        r.text.split()
+    )
+    row = await stack.pool.fetchrow(
+        "select effective, reason_code, reason from bajas.cancellation_requests"
+        " where service_id = $1",
+        svc.service_id,
+    )
+    assert dict(row) == {
+        "effective": "end_of_term",
+        "reason_code": "problemas_tecnicos",
+        "reason": reason.replace("\r\n", "\n"),
+    }
+
+    code = code_in((await wait_for_mails(stack, svc.domain, 1))[0])
+    r = await http.post(
+        page + "/confirmar", data={"csrf_token": token, "codigo": code}, follow_redirects=True
+    )
+    assert (
+        "ok",
+        "Baja confirmada y programada para el final del período. Hasta entonces el "
+        "sitio y el correo siguen funcionando; le avisaremos por correo cuando se "
+        "complete.",
+    ) in flashes_of(r.text)
+    assert '<span class="state scheduled">baja programada</span>' in r.text
+    text = " ".join(r.text.split())
+    assert (
+        f"Baja confirmada y programada para el final del período: el sitio y el correo siguen funcionando {until}."
+        in text
+    )
+    assert "Desistir" in text and "Solicitar baja del servicio" not in text
+    lines = timeline_of(r.text)
+    assert [t for _, t in lines] == [
+        "Solicitud de baja",
+        "Código de confirmación enviado por correo",
+        "Baja confirmada",
+        f"Programada para el final del período: el sitio y el correo siguen funcionando {until}",
+    ]
+    assert all(
+        re.fullmatch(r"\d\d/\d\d/\d{4} \d\d:\d\d \(hora de Buenos Aires\)", w) for w, _ in lines
+    )
+    # The list of services shows the banner too, never a plain "activo".
+    listing = await http.get("/panel/")
+    card = listing.text[listing.text.index(f'id="servicio-{svc.service_id}"') :]
+    card = card[: card.index("</article>")]
+    assert "baja programada" in card and "activo" not in card
+    assert "siguen funcionando" in card
+
+    r = await http.post(page + "/desistir", data={"csrf_token": token}, follow_redirects=True)
+    assert "Desistió de la baja" in r.text
+    assert '<span class="state active">activo</span>' in r.text
+    assert [t for _, t in timeline_of(r.text)][-1] == "Usted desistió de la baja"
+    assert svc.document_root is not None and svc.document_root.exists()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        pytest.param(
+            {"reason": "x" * 501},
+            "El comentario puede tener hasta 500 caracteres (el suyo tiene 501). "
+            "La baja no se inició.",
+            id="long",
+        ),
+        pytest.param(
+            {"reason_code": "caro"}, "Elija el motivo de la lista. La baja no se inició.", id="code"
+        ),
+        pytest.param(
+            {"effective": "mañana"},
+            "Elija cuándo se borra: ahora o al final del período. La baja no se inició.",
+            id="when",
+        ),
+    ],
+)
+async def test_bad_reasons_are_refused_in_spanish(
+    http: httpx.AsyncClient, stack: Stack, fields: dict[str, str], message: str
+) -> None:
+    cid, number, email = await customer_with_clave(stack)
+    svc = await stack.panel.service((cid, email), mailboxes=0, files=1)
+    await http_sign_in(http, number)
+    page = f"/panel/servicios/{svc.service_id}"
+    token = csrf_of((await http.get(page)).text)
+    r = await http.post(page + "/baja", data={"csrf_token": token, **fields}, follow_redirects=True)
+    assert flashes_of(r.text) == [("error", message)]
+    assert r.url.path == page + "/baja"  # back on the form
+    assert (
+        await stack.pool.fetchval(
+            "select count(*) from bajas.cancellation_requests where service_id = $1",
+            svc.service_id,
+        )
+        == 0
+    )
+
+
+async def test_the_timeline_of_a_finished_cancellation(
+    http: httpx.AsyncClient, stack: Stack
+) -> None:
+    cid, number, email = await customer_with_clave(stack)
+    svc = await stack.panel.service((cid, email), mailboxes=1, files=2)
+    await http_sign_in(http, number)
+    page = f"/panel/servicios/{svc.service_id}"
+    token = csrf_of((await http.get(page)).text)
+    await http.post(page + "/baja", data={"csrf_token": token, "effective": "now"})
+    code = code_in((await wait_for_mails(stack, svc.domain, 1))[0])
+    await http.post(page + "/confirmar", data={"csrf_token": token, "codigo": code})
+    result = await asyncio.wait_for(stack.cancellations.result(svc.service_id), 60)
+    assert result.state.value == "cancelled"
+    texts = [t for _, t in timeline_of((await http.get(page)).text)]
+    assert texts[:5] == [
+        "Solicitud de baja",
+        "Código de confirmación enviado por correo",
+        "Baja confirmada",
+        "Comenzó el borrado",
+        "Facturación cerrada",
+    ]
+    assert sorted(texts[5:7]) == ["Archivos del sitio borrados", "Buzones de correo borrados"]
+    assert texts[7:] == ["Servicio dado de baja"]

@@ -13,7 +13,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 from temporalio.workflow import NondeterminismError
 
-from workflows.cancellation import ServiceCancellation
+from workflows.cancellation import END_OF_TERM, ServiceCancellation
 from workflows.sandbox import workflow_runner
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -59,5 +59,23 @@ async def test_an_unguarded_change_is_caught(monkeypatch: pytest.MonkeyPatch) ->
     )
     result = await replayer.replay_workflow(
         load(HISTORIES / "locked-v1.json"), raise_on_replay_failure=False
+    )
+    assert isinstance(result.replay_failure, NondeterminismError)
+
+
+async def test_the_end_of_term_needs_its_patch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that waited for the end of its term replays only with `end-of-term` on: the
+    guard is what keeps the older runs, all `now`, on their path."""
+    real = workflow.patched
+    monkeypatch.setattr(
+        workflow, "patched", lambda patch_id: patch_id != END_OF_TERM and real(patch_id)
+    )
+    replayer = Replayer(
+        workflows=[ServiceCancellation],
+        data_converter=pydantic_data_converter,
+        workflow_runner=UnsandboxedWorkflowRunner(),
+    )
+    result = await replayer.replay_workflow(
+        load(HISTORIES / "scheduled_then_cancelled-v5.json"), raise_on_replay_failure=False
     )
     assert isinstance(result.replay_failure, NondeterminismError)

@@ -20,15 +20,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bajas.models import BillingOutcome, PaymentMethod
+from bajas.models import BillingOutcome, Effective, PaymentMethod
 from bajas.texts import debit_warning
 from workflows.rules import (
     auto_debit_cutoff,
     billing_outcome,
     debit_cutoff,
+    effective_at,
     local_date,
     outcome_at,
     revokes_mandate,
+    term_end,
     voids_renewal_invoices,
 )
 
@@ -495,3 +497,89 @@ def test_debit_warning_property(expires_on: date) -> None:
     text = debit_warning_es(expires_on, AUTO)
     assert text is not None
     assert f"1 de {MESES[expires_on.month - 1]} de {expires_on.year}" in text
+
+
+# --- the end of the term (contract section 8) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tz", "expires_on", "instant", "local_clock"),
+    [
+        pytest.param(TZ, date(2026, 6, 1), utc(2026, 6, 1, 3), "00:00", id="ba-on-the-1st"),
+        pytest.param(TZ, date(2026, 3, 31), utc(2026, 3, 31, 3), "00:00", id="ba-on-the-31st"),
+        pytest.param(TZ, date(2027, 1, 1), utc(2027, 1, 1, 3), "00:00", id="ba-new-year"),
+        pytest.param(TZ, date(2028, 2, 29), utc(2028, 2, 29, 3), "00:00", id="ba-leap-day"),
+        # Madrid: winter UTC+1, summer UTC+2; the change is at 02:00, midnight always exists
+        pytest.param(
+            "Europe/Madrid", date(2026, 3, 29), utc(2026, 3, 28, 23), "00:00", id="madrid-dst-day"
+        ),
+        pytest.param(
+            "Europe/Madrid", date(2026, 3, 30), utc(2026, 3, 29, 22), "00:00", id="madrid-after"
+        ),
+        pytest.param(
+            "Europe/Madrid", date(2026, 10, 25), utc(2026, 10, 24, 22), "00:00", id="madrid-back"
+        ),
+        pytest.param(
+            "Europe/Madrid", date(2026, 10, 26), utc(2026, 10, 25, 23), "00:00", id="madrid-winter"
+        ),
+        # Santiago changes at midnight: in September 00:00 does not exist (-> 01:00 -03);
+        # in April 00:00 comes once, after 23:00-23:59 of the day before was lived twice.
+        pytest.param(
+            "America/Santiago", date(2026, 9, 6), utc(2026, 9, 6, 4), "01:00", id="santiago-gap"
+        ),
+        pytest.param(
+            "America/Santiago", date(2026, 4, 5), utc(2026, 4, 5, 4), "00:00", id="santiago-fold"
+        ),
+        pytest.param(
+            "America/Santiago", date(2026, 9, 7), utc(2026, 9, 7, 3), "00:00", id="santiago-summer"
+        ),
+    ],
+)
+def test_term_end_is_the_first_instant_of_the_expiry_day(
+    tz: str, expires_on: date, instant: datetime, local_clock: str
+) -> None:
+    end = term_end(expires_on, tz)
+    assert end == instant
+    assert end.tzinfo is UTC
+    local = end.astimezone(ZoneInfo(tz))
+    assert (local.date(), f"{local:%H:%M}") == (expires_on, local_clock)
+    # nothing of that day lies before it
+    assert (end - timedelta(seconds=1)).astimezone(ZoneInfo(tz)).date() < expires_on
+
+
+def test_days_between_term_ends_follow_the_clock_changes() -> None:
+    """Midnight to midnight across the spring change is 23 hours in Madrid, 24 in Buenos Aires."""
+    madrid = term_end(date(2026, 3, 30), "Europe/Madrid") - term_end(
+        date(2026, 3, 29), "Europe/Madrid"
+    )
+    assert madrid == timedelta(hours=23)
+    assert term_end(date(2026, 3, 30), TZ) - term_end(date(2026, 3, 29), TZ) == timedelta(hours=24)
+
+
+@pytest.mark.parametrize(
+    ("effective", "confirmed_at", "expires_on", "expected"),
+    [
+        pytest.param(Effective.NOW, utc(2026, 5, 10, 15), date(2026, 6, 1), utc(2026, 5, 10, 15)),
+        pytest.param(
+            Effective.END_OF_TERM, utc(2026, 5, 10, 15), date(2026, 6, 1), utc(2026, 6, 1, 3)
+        ),
+        pytest.param(
+            Effective.END_OF_TERM, utc(2026, 5, 10, 15), date(2026, 5, 31), utc(2026, 5, 31, 3)
+        ),
+        # the term already over, or ending this very day: the deletion starts at once
+        pytest.param(
+            Effective.END_OF_TERM, utc(2026, 6, 1, 15), date(2026, 6, 1), utc(2026, 6, 1, 15)
+        ),
+        pytest.param(
+            Effective.END_OF_TERM, utc(2026, 6, 5, 15), date(2026, 6, 1), utc(2026, 6, 5, 15)
+        ),
+        # a second before midnight in Buenos Aires: waits that second
+        pytest.param(
+            "end_of_term", utc(2026, 6, 1, 2, 59, 59), date(2026, 6, 1), utc(2026, 6, 1, 3)
+        ),
+    ],
+)
+def test_effective_at(
+    effective: Effective | str, confirmed_at: datetime, expires_on: date, expected: datetime
+) -> None:
+    assert effective_at(effective, confirmed_at, expires_on, TZ) == expected

@@ -109,3 +109,53 @@ def test_a_receipt_without_sizes_leaves_them_out() -> None:
     assert "Sitio, borrado el 05/06/2026 16:44 (hora de Buenos Aires): 3 archivos\n" in text
     assert "- ana@ejemplo.com.ar, borrado el 05/06/2026 16:44 (hora de Buenos Aires)\n" in text
     assert "None" not in text and "bytes" not in text
+
+
+END = datetime(2026, 7, 20, 3, 0, tzinfo=UTC)  # 00:00 on 20 July in Buenos Aires
+
+
+def test_a_date_people_plan_by() -> None:
+    assert texts.long_time(END, TZ) == "20 de julio de 2026 a las 00:00 (hora de Buenos Aires)"
+
+
+def test_code_mail_for_the_end_of_the_term_names_the_day() -> None:
+    def body(term_end: datetime | None) -> str:
+        return texts.code_mail(
+            name="Ana",
+            domain="ejemplo.com.ar",
+            code="123456",
+            expires_at=AT,
+            tz_name=TZ,
+            expires_on=date(2026, 7, 20),
+            debit_cutoff=None,
+            preview=BillingOutcome.NO_FURTHER_CHARGES,
+            term_end=term_end,
+        )[1]
+
+    now, later = body(None), body(END)
+    assert "Al confirmar se borrará todo" in now and "final del período" not in now
+    assert (
+        "Usted eligió la baja al final del período: al confirmar, el sitio y el correo siguen "
+        "funcionando hasta el 20 de julio de 2026 a las 00:00 (hora de Buenos Aires)." in later
+    )
+    assert "Al confirmar se borrará todo" not in later
+
+
+def test_cancelled_mail_says_when_the_deletion_started() -> None:
+    outcome = BillingOutcome.NO_FURTHER_CHARGES
+    _, now = texts.cancelled_mail(
+        name="Ana", domain="x.com.ar", outcome=outcome, receipt=None, tz_name=TZ
+    )
+    _, later = texts.cancelled_mail(
+        name="Ana",
+        domain="x.com.ar",
+        outcome=outcome,
+        receipt=None,
+        tz_name=TZ,
+        term_end=END,
+    )
+    assert "final del período" not in now
+    assert (
+        "Como lo pidió, el borrado empezó al final del período: el 20 de julio de 2026 a las "
+        "00:00 (hora de Buenos Aires)." in later
+    )

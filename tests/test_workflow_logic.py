@@ -11,10 +11,11 @@ next timer it still holds, stale ones included): dates are derived from
 from __future__ import annotations
 
 import asyncio
+import calendar
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -41,10 +42,12 @@ from bajas.models import (
     CancellationStatus,
     ConfirmInput,
     DeprovisionInput,
+    Effective,
     FinishInput,
     IssueCodeInput,
     NoticeInput,
     PaymentMethod,
+    ReasonCode,
     ResendInput,
     ServiceCheckInput,
     State,
@@ -896,3 +899,208 @@ async def test_manual_payer_has_no_further_charges(h: Harness) -> None:
     result = await result_of(handle)
     assert result.billing_outcome is BillingOutcome.NO_FURTHER_CHARGES
     assert (await status(handle)).billing_preview is BillingOutcome.NO_FURTHER_CHARGES
+
+
+# ---- the end of the term (contract section 8) -----------------------------------------
+
+
+def _offset_at_midnight(day: date, tz: ZoneInfo) -> timedelta | None:
+    return datetime.combine(day, time(0), tz).utcoffset()
+
+
+def _skips_midnight(day: date, tz: ZoneInfo) -> bool:
+    midnight = datetime.combine(day, time(0), tz)
+    return midnight.astimezone(ZoneInfo("UTC")).astimezone(tz).replace(tzinfo=None) != (
+        midnight.replace(tzinfo=None)
+    )
+
+
+def expiry_on(kind: str, today: date, tz_name: str) -> date | None:
+    """An `expires_on` at least two days after `today` of the kind a case needs:
+    the 1st or the 31st of a month, the first midnight after a change of clocks, or a
+    day whose midnight the clocks skip. None when the zone has no such day within years."""
+    tz = ZoneInfo(tz_name)
+    start = today + timedelta(days=2)
+    if kind == "1st":
+        return (start.replace(day=1) + timedelta(days=32)).replace(day=1)
+    if kind == "31st":  # in a later month, so the debit cut-off is still ahead
+        day = (start.replace(day=1) + timedelta(days=32)).replace(day=1)
+        while calendar.monthrange(day.year, day.month)[1] != 31:
+            day = (day + timedelta(days=32)).replace(day=1)
+        return date(day.year, day.month, 31)
+    for n in range(3 * 366):
+        day = start + timedelta(days=n)
+        if kind == "after_dst_change" and _offset_at_midnight(day, tz) != _offset_at_midnight(
+            day - timedelta(days=1), tz
+        ):
+            return day
+        if kind == "midnight_skipped" and _skips_midnight(day, tz):
+            return day
+    return None
+
+
+async def start_end_of_term(
+    h: Harness, kind: str, tz_name: str = BUSINESS_TZ
+) -> tuple[WorkflowHandle[Any, CancellationResult], date]:
+    """A cancellation for the end of the term of a service paid by automatic debit."""
+    today = (await h.env.get_current_time()).astimezone(ZoneInfo(tz_name)).date()
+    expires_on = expiry_on(kind, today, tz_name)
+    if expires_on is None:
+        pytest.skip(f"{tz_name} has no {kind} day in the next years")
+    h.fakes.check = accepted_check(expires_on=expires_on, business_tz=tz_name)
+    handle = await h.start(effective=Effective.END_OF_TERM, reason_code=ReasonCode.PRECIO)
+    await code_sent(handle)
+    return handle, expires_on
+
+
+@pytest.mark.time_skipping
+@pytest.mark.parametrize(
+    ("kind", "tz_name", "clock"),
+    [
+        pytest.param("1st", BUSINESS_TZ, "00:00", id="on-the-1st"),
+        pytest.param("31st", BUSINESS_TZ, "00:00", id="on-the-31st"),
+        pytest.param("after_dst_change", "Europe/Madrid", "00:00", id="madrid-across-dst"),
+        # no 00:00 that day: the deletion starts at its first instant, 01:00
+        pytest.param("midnight_skipped", "America/Santiago", "01:00", id="santiago-no-midnight"),
+    ],
+)
+async def test_end_of_term_stays_scheduled_then_deletes_at_midnight(
+    h: Harness, kind: str, tz_name: str, clock: str
+) -> None:
+    f = h.fakes
+    tz = ZoneInfo(tz_name)
+    handle, expires_on = await start_end_of_term(h, kind, tz_name)
+    end = rules.term_end(expires_on, tz_name)
+    assert f.inputs("issue_code")[0].term_end == end  # the code mail names the day
+    pending = await status(handle)
+    assert (pending.effective, pending.effective_at) == (Effective.END_OF_TERM, end)
+
+    res = await confirm_code(handle, code_for(1))
+    assert (res.accepted, res.state) == (True, State.SCHEDULED)
+    st = await wait_status(handle, lambda s: "confirmed" in f.events())
+    assert st.state is State.SCHEDULED
+    assert st.confirmed_at is not None and st.effective_at == end
+    assert st.reason_code is ReasonCode.PRECIO
+    # The outcome is decided now, not at the end of the term (which would be "late").
+    outcome = rules.outcome_at(st.confirmed_at, tz_name, expires_on, PaymentMethod.AUTO_DEBIT)
+    assert st.billing_outcome is outcome is not BillingOutcome.LATE_NO_REFUND
+    if kind in ("1st", "31st"):  # a month ahead at least: before the debit cut-off
+        assert outcome is BillingOutcome.DEBIT_CANCELLED
+    assert_nothing_deprovisioned(f)
+    [confirmed] = f.inputs("record_transition")
+    assert (confirmed.to_state, confirmed.details["effective_at"]) == (
+        State.SCHEDULED,
+        end.isoformat(),
+    )
+    assert (await search_attributes(handle))[CANCELLATION_STATE.name] == "scheduled"
+    # The wait is measured on the clock, not the calendar: across a change of clocks the
+    # naive local difference is an hour off.
+    confirmed_local = st.confirmed_at.astimezone(tz)
+    naive = datetime.combine(expires_on, time(0)) - confirmed_local.replace(tzinfo=None)
+    if kind == "after_dst_change":
+        assert end - st.confirmed_at != naive
+        assert abs((end - st.confirmed_at) - naive) == timedelta(hours=1)
+
+    result = await result_of(handle)  # skips to the end of the term
+    assert (result.state, result.billing_outcome) == (State.CANCELLED, outcome)
+    st = await status(handle)
+    started = next(e.at for e in st.timeline if e.event == "deprovisioning")
+    # the server starts the timer when it gets the command, milliseconds after the task
+    assert end <= started < end + timedelta(seconds=5)
+    local = started.astimezone(tz)
+    assert (local.date(), f"{local:%H:%M}") == (expires_on, clock)
+    assert f.first_at("delete_files") >= end and f.first_at("delete_mailboxes") >= end
+    assert_deprovisioned_in_order(f)
+    assert [b.outcome for b in f.inputs("close_billing")] == [outcome]
+    assert f.events() == ["confirmed", "term_ended"]
+    [moved] = [t for t in f.inputs("record_transition") if t.event == "term_ended"]
+    assert (moved.from_state, moved.to_state) == (State.SCHEDULED, State.DEPROVISIONING)
+    [done] = f.inputs("send_notice")
+    assert (done.kind, done.term_end) == ("cancelled", end)
+    assert not st.sla_at_risk
+    assert st.finished_at is not None and st.finished_at - end < timedelta(hours=1)
+
+
+@pytest.mark.time_skipping
+@pytest.mark.parametrize("via", ["signal", "update"])
+async def test_withdraw_while_scheduled(h: Harness, via: str) -> None:
+    f = h.fakes
+    handle, expires_on = await start_end_of_term(h, "1st")
+    assert (await confirm_code(handle, code_for(1))).state is State.SCHEDULED
+    await h.env.sleep(timedelta(days=1))  # a day later, still waiting, nothing deleted
+    st = await status(handle)
+    assert st.state is State.SCHEDULED
+    assert_nothing_deprovisioned(f)
+
+    withdrawal = WithdrawInput(reason="me quedo", by="customer")
+    if via == "signal":
+        await handle.signal(ServiceCancellation.withdraw, withdrawal)
+    else:
+        answer = await handle.execute_update(ServiceCancellation.withdraw_cancellation, withdrawal)
+        assert answer.state is State.WITHDRAWN
+    result = await result_of(handle)
+    assert result.state is State.WITHDRAWN
+    st = await status(handle)
+    assert st.state is State.WITHDRAWN
+    assert st.finished_at is not None
+    assert st.finished_at < rules.term_end(expires_on, BUSINESS_TZ)
+    assert_nothing_deprovisioned(f)
+    assert f.events() == ["confirmed", "withdrawn"]
+    [withdrawn] = [t for t in f.inputs("record_transition") if t.event == "withdrawn"]
+    assert (withdrawn.from_state, withdrawn.to_state, withdrawn.actor) == (
+        State.SCHEDULED,
+        State.WITHDRAWN,
+        "customer",
+    )
+    assert [e.event for e in st.timeline][-3:] == ["confirmed", "scheduled", "withdrawn"]
+    assert (await search_attributes(handle))[CANCELLATION_STATE.name] == "withdrawn"
+
+
+async def test_end_of_term_already_over_deletes_at_once(h: Harness) -> None:
+    """An end of term that has passed (the service expires today): nothing to wait for."""
+    f = h.fakes
+    today = local(await h.env.get_current_time()).date()
+    f.check = accepted_check(expires_on=today)
+    handle = await h.start(effective=Effective.END_OF_TERM)
+    await code_sent(handle)
+    assert f.inputs("issue_code")[0].term_end is None  # the mail does not promise a wait
+    res = await confirm_code(handle, code_for(1))
+    assert (res.accepted, res.state) == (True, State.DEPROVISIONING)
+    result = await result_of(handle)
+    assert (result.state, result.billing_outcome) == (
+        State.CANCELLED,
+        BillingOutcome.LATE_NO_REFUND,
+    )
+    st = await status(handle)
+    assert st.effective is Effective.END_OF_TERM
+    assert st.effective_at == st.confirmed_at
+    assert "scheduled" not in [e.event for e in st.timeline]
+    assert f.events() == ["confirmed"]
+    assert f.inputs("send_notice")[0].term_end is None
+
+
+async def test_the_timeline_runs_from_request_to_end(h: Harness) -> None:
+    f = h.fakes
+    handle = await h.start(reason_code=ReasonCode.CAMBIO_DE_PROVEEDOR, reason="me mudo")
+    await code_sent(handle)
+    await resend_code(handle)
+    await confirm_code(handle, code_for(2))
+    assert (await result_of(handle)).state is State.CANCELLED
+    st = await status(handle)
+    events = [e.event for e in st.timeline]
+    assert events[:5] == ["requested", "code_sent", "code_resent", "confirmed", "deprovisioning"]
+    assert events[5] == "billing_done"
+    assert sorted(events[6:8]) == ["files_done", "mailboxes_done"]
+    assert events[8:] == ["cancelled"]
+    times = [e.at for e in st.timeline]
+    assert times == sorted(times)
+    assert (times[0], times[3], times[-1]) == (st.requested_at, st.confirmed_at, st.finished_at)
+    # the request's when and why reach the service check, for the audit trail
+    [checked] = f.inputs("check_service")
+    assert (checked.effective, checked.reason_code, checked.reason) == (
+        Effective.NOW,
+        ReasonCode.CAMBIO_DE_PROVEEDOR,
+        "me mudo",
+    )
+    assert (st.effective, st.reason_code) == (Effective.NOW, ReasonCode.CAMBIO_DE_PROVEEDOR)
+    assert st.effective_at == st.confirmed_at

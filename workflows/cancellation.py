@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         ConfirmInput,
         ConfirmResult,
         DeprovisionInput,
+        Effective,
         FilesInput,
         FinishInput,
         IssueCodeInput,
@@ -58,6 +59,7 @@ with workflow.unsafe.imports_passed_through():
         StepResult,
         Steps,
         StepStatus,
+        TimelineEvent,
         TransitionInput,
         VerifyCodeInput,
         WithdrawInput,
@@ -83,6 +85,7 @@ SHORT = timedelta(seconds=30)
 AUDIT_WRONG_CODES = "audit-wrong-codes"
 MAIL_AS_ACTIVITY = "mail-as-activity"
 LOCK_NOTICE = "lock-notice"
+END_OF_TERM = "end-of-term"
 # A dead worker is noticed this fast during a deletion; progress reaches the server
 # about every 0.8 of it (the SDK throttles heartbeats).
 HEARTBEAT = timedelta(seconds=10)
@@ -140,6 +143,9 @@ class ServiceCancellation:
         self.finished_at: datetime | None = None
         self.steps = Steps()
         self.sla_at_risk = False
+        # When the deletion starts, set at the confirmation (rules.effective_at).
+        self.effective_at: datetime | None = None
+        self.timeline = [TimelineEvent(event="requested", at=self.requested_at)]
         self.retry_requested = False
         self.withdrawn_by: str | None = None
         # Checking a code, sending a new one and expiring the window each read and
@@ -147,6 +153,7 @@ class ServiceCancellation:
         self.code_lock = asyncio.Lock()
         self.audit_wrong_codes = False
         self.mail_as_activity = False
+        self.end_of_term = False
 
     @workflow.run
     async def run(self, data: CancellationInput) -> CancellationResult:
@@ -155,6 +162,8 @@ class ServiceCancellation:
         self.audit_wrong_codes = workflow.patched(AUDIT_WRONG_CODES)
         self.mail_as_activity = workflow.patched(MAIL_AS_ACTIVITY)
         lock_notice = workflow.patched(LOCK_NOTICE)
+        # Runs recorded before it carry no `effective`: they all confirm for `now`.
+        self.end_of_term = workflow.patched(END_OF_TERM) and data.effective is Effective.END_OF_TERM
         workflow.upsert_search_attributes(
             [
                 SERVICE_ID.value_set(str(data.service_id)),
@@ -170,6 +179,8 @@ class ServiceCancellation:
                 customer_id=data.customer_id,
                 requested_by=data.requested_by,
                 reason=data.reason,
+                effective=data.effective,
+                reason_code=data.reason_code,
             ),
             start_to_close_timeout=SHORT,
             retry_policy=RETRY,
@@ -194,7 +205,10 @@ class ServiceCancellation:
             return await self._result()
 
         self.billing_outcome = self._outcome_at(service, confirmed_at)
-        await self._deprovision_within_sla(service, confirmed_at, self.billing_outcome)
+        if not await self._until_effective():  # withdrawn while scheduled
+            return await self._result()
+        assert self.effective_at is not None  # set with the confirmation
+        await self._deprovision_within_sla(service, self.effective_at, self.billing_outcome)
         return await self._result()
 
     # ---- signals ----------------------------------------------------------------------
@@ -209,8 +223,8 @@ class ServiceCancellation:
 
     @workflow.signal(name="withdraw")
     def withdraw(self, data: WithdrawInput | None = None) -> None:
-        """The customer changed their mind; ignored once confirmed or ended."""
-        if self.state is not State.AWAITING_CONFIRMATION:
+        """The customer changed their mind; ignored once deprovisioning or ended."""
+        if not self.state.withdrawable:
             workflow.logger.info("withdraw ignored in state %s", self.state)
             return
         self._withdraw(data)
@@ -270,7 +284,7 @@ class ServiceCancellation:
 
     @withdraw_cancellation.validator
     def _check_withdraw(self, data: WithdrawInput | None = None) -> None:
-        if self.state is not State.AWAITING_CONFIRMATION:
+        if not self.state.withdrawable:
             raise ValueError(f"cannot withdraw: the cancellation is {self.state.value}")
 
     @workflow.update(name="wait_for_code")
@@ -305,6 +319,10 @@ class ServiceCancellation:
             rejection_reason=self.rejection_reason,
             sla_at_risk=self.sla_at_risk,
             steps=self.steps.model_copy(deep=True),
+            effective=self.input.effective,
+            effective_at=self.effective_at or self._planned_term_end(),
+            reason_code=self.input.reason_code,
+            timeline=[e.model_copy() for e in self.timeline],
         )
 
     # ---- the confirmation ---------------------------------------------------------------
@@ -356,8 +374,7 @@ class ServiceCancellation:
             if self.state is not State.AWAITING_CONFIRMATION:  # withdrawn meanwhile
                 return self._confirm_result(False)
             if verdict.accepted:
-                self.confirmed_at = received_at
-                self._set_state(State.DEPROVISIONING)
+                self._accept(received_at)
             else:
                 self.attempts_left -= 1
                 if self.attempts_left <= 0:
@@ -368,6 +385,50 @@ class ServiceCancellation:
                     await self._transition(f"code_rejected:{wrong}", None)
             self._publish()
             return self._confirm_result(verdict.accepted)
+
+    def _accept(self, at: datetime) -> None:
+        """The code was right: the deletion starts now, or is scheduled for the end of term."""
+        assert self.service is not None  # a code exists only for an accepted service
+        self.confirmed_at = at
+        self.effective_at = rules.effective_at(
+            Effective.END_OF_TERM if self.end_of_term else Effective.NOW,
+            at,
+            self.service.expires_on,
+            self.service.business_tz,
+        )
+        self._note("confirmed", at)
+        self._set_state(State.SCHEDULED if self.effective_at > at else State.DEPROVISIONING)
+
+    async def _until_effective(self) -> bool:
+        """Audit the confirmation; when scheduled, wait (site and mail working) until
+        `effective_at`, on a durable timer. False when the customer withdrew meanwhile."""
+        if self.state is State.DEPROVISIONING:
+            await self._transition("confirmed", State.DEPROVISIONING)
+            return True
+        assert self.effective_at is not None
+        until = {"effective_at": self.effective_at.isoformat()}
+        await self._transition("confirmed", State.SCHEDULED, details=until)
+        try:
+            await workflow.wait_condition(
+                lambda: self.state is not State.SCHEDULED,
+                timeout=max(self.effective_at - workflow.now(), timedelta(seconds=1)),
+                timeout_summary="end of term",
+            )
+        except TimeoutError:
+            pass
+        if self.state is State.WITHDRAWN:
+            await self._transition("withdrawn", State.WITHDRAWN, State.SCHEDULED)
+            return False
+        self._set_state(State.DEPROVISIONING)
+        await self._transition("term_ended", State.DEPROVISIONING, State.SCHEDULED, details=until)
+        return True
+
+    def _planned_term_end(self) -> datetime | None:
+        """Before the confirmation, when an `end_of_term` deletion would start."""
+        service = self.service
+        if not self.end_of_term or service is None:
+            return None
+        return rules.term_end(service.expires_on, service.business_tz)
 
     def _confirm_result(self, accepted: bool) -> ConfirmResult:
         return ConfirmResult(accepted=accepted, attempts_left=self.attempts_left, state=self.state)
@@ -388,20 +449,27 @@ class ServiceCancellation:
                 expires_at=expires_at,
                 billing_preview=self._outcome_at(service, self.requested_at),
                 debit_cutoff=rules.auto_debit_cutoff(service.expires_on, service.payment_method),
+                term_end=self._term_end_ahead(),
             ),
             summary=f"mail confirmation code #{generation}",
         )
         self.code = IssueCodeResult(generation=generation, expires_at=expires_at)
+        self._note("code_sent" if generation == 1 else "code_resent")
         self._publish()
+
+    def _term_end_ahead(self) -> datetime | None:
+        """The end of term a confirmed deletion would wait for, if still ahead."""
+        planned = self._planned_term_end()
+        return planned if planned is not None and planned > workflow.now() else None
 
     # ---- deprovisioning -----------------------------------------------------------------
 
     async def _deprovision_within_sla(
-        self, service: AcceptedService, confirmed_at: datetime, outcome: BillingOutcome
+        self, service: AcceptedService, started_at: datetime, outcome: BillingOutcome
     ) -> None:
-        await self._transition("confirmed", State.DEPROVISIONING, State.AWAITING_CONFIRMATION)
+        """The 24-hour promise counts from `started_at`, the `effective_at` of the run."""
         work = asyncio.ensure_future(self._deprovision(outcome))
-        deadline = confirmed_at + service.sla_limit
+        deadline = started_at + service.sla_limit
         try:
             await workflow.wait_condition(
                 work.done,
@@ -535,7 +603,12 @@ class ServiceCancellation:
     # ---- activities used in several places ------------------------------------------------
 
     async def _transition(
-        self, event: str, to_state: State | None, from_state: State | None = None
+        self,
+        event: str,
+        to_state: State | None,
+        from_state: State | None = None,
+        *,
+        details: Mapping[str, int | str | bool | None] | None = None,
     ) -> None:
         actor = self.withdrawn_by if to_state is State.WITHDRAWN else None
         await workflow.execute_local_activity_method(
@@ -548,7 +621,7 @@ class ServiceCancellation:
                 from_state=from_state or State.AWAITING_CONFIRMATION,
                 to_state=to_state,
                 billing_outcome=self.billing_outcome,
-                details={"attempts_left": self.attempts_left},
+                details={"attempts_left": self.attempts_left, **(details or {})},
             ),
             start_to_close_timeout=SHORT,
             retry_policy=RETRY,
@@ -564,6 +637,7 @@ class ServiceCancellation:
                 customer_id=self.input.customer_id,
                 billing_outcome=self.billing_outcome,
                 problems=problems or [],
+                term_end=self.effective_at if self._was_scheduled() else None,
             ),
             summary=f"mail: {kind}",
         )
@@ -600,11 +674,26 @@ class ServiceCancellation:
         self.state = state
         if state.is_final and self.finished_at is None:
             self.finished_at = workflow.now()
+        self._note(state.value)
         workflow.upsert_search_attributes([CANCELLATION_STATE.value_set(state.value)])
         self._publish()
 
+    def _note(self, event: str, at: datetime | None = None) -> None:
+        """A moment of the panel's timeline (no personal data: names and times only)."""
+        self.timeline.append(TimelineEvent(event=event, at=at or workflow.now()))
+
+    def _was_scheduled(self) -> bool:
+        return any(e.event == State.SCHEDULED for e in self.timeline)
+
     def _publish(self) -> None:
-        """The Web UI's "current details": state and progress, no personal data."""
+        """The Web UI's "current details": state and progress, no personal data. A step
+        newly done also gets its moment on the timeline here, where every change passes."""
+        for step in Step:
+            done = f"{step}_done"
+            if self.steps[step].status is StepStatus.DONE and not any(
+                e.event == done for e in self.timeline
+            ):
+                self._note(done)
         lines = [f"**{self.state.value}** — service {self.input.service_id}"]
         if self.state is State.AWAITING_CONFIRMATION and self.code is not None:
             lines.append(
@@ -612,6 +701,8 @@ class ServiceCancellation:
                 f"{self.attempts_left} of {MAX_WRONG_CODES} tries left, "
                 f"{self.resends_left} resends left"
             )
+        if self.state is State.SCHEDULED and self.effective_at is not None:
+            lines.append(f"deletion scheduled for {self.effective_at:%Y-%m-%d %H:%M} UTC")
         if self.billing_outcome:
             lines.append(f"billing outcome: {self.billing_outcome.value}")
         for step in Step:

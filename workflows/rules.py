@@ -7,11 +7,11 @@ customer reads about them is in `bajas/texts.py`.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime, time
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from bajas.models import BillingOutcome, PaymentMethod
+from bajas.models import BillingOutcome, Effective, PaymentMethod
 
 
 @lru_cache(maxsize=8)
@@ -65,3 +65,23 @@ def revokes_mandate(outcome: BillingOutcome) -> bool:
 def voids_renewal_invoices(outcome: BillingOutcome) -> bool:
     """Only a confirmation in time cancels what would be charged for the next period."""
     return outcome in (BillingOutcome.DEBIT_CANCELLED, BillingOutcome.NO_FURTHER_CHARGES)
+
+
+def term_end(expires_on: date, tz_name: str) -> datetime:
+    """00:00 BUSINESS_TZ on `expires_on`, in UTC: the end of the paid period.
+
+    Where the clocks skip midnight that day (America/Santiago in September goes from
+    23:59:59 to 01:00), this is the day's first instant, 01:00 local: a missing wall
+    time takes the offset from before the change, which lands exactly on it.
+    """
+    return datetime.combine(expires_on, time(0), zone(tz_name)).astimezone(UTC)
+
+
+def effective_at(
+    effective: Effective | str, confirmed_at: datetime, expires_on: date, tz_name: str
+) -> datetime:
+    """When the deletion of a confirmed cancellation starts: at the confirmation, or at
+    the end of the term; never before the confirmation (a term already over starts at once)."""
+    if Effective(effective) is Effective.NOW:
+        return confirmed_at
+    return max(term_end(expires_on, tz_name), confirmed_at)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,14 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from bajas import texts
-from bajas.models import CancellationStatus, Receipt, State, StepProgress, StepStatus
+from bajas.models import (
+    CancellationStatus,
+    Effective,
+    Receipt,
+    State,
+    StepProgress,
+    StepStatus,
+)
 from starter.api import store
 from starter.api.edge import from_loopback, template_path_for
 from starter.api.security import new_csrf_token
@@ -21,6 +29,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 SERVICE_STATES = {"active": "activo", "suspended": "suspendido", "cancelled": "dado de baja"}
 PENDING = "baja pendiente de confirmación"
+SCHEDULED = "baja programada"
 IN_PROGRESS = "baja en curso"
 
 STEP_NAMES = {
@@ -38,6 +47,25 @@ STEP_STATES = {
 STEP_UNITS = {"mailboxes": "buzones", "files": "archivos"}
 PAYMENT_METHODS = {"auto_debit": "débito automático", "manual": "pago manual"}
 REVOKED_DEBIT = "débito automático revocado"
+
+# The moments of a cancellation's timeline (TimelineEvent.event), in the customer's words;
+# "scheduled" names the date too (`timeline`).
+TIMELINE_TEXTS = {
+    "requested": "Solicitud de baja",
+    "code_sent": "Código de confirmación enviado por correo",
+    "code_resent": "Código nuevo enviado por correo",
+    "confirmed": "Baja confirmada",
+    "scheduled": "Programada para el final del período",
+    "deprovisioning": "Comenzó el borrado",
+    "billing_done": "Facturación cerrada",
+    "mailboxes_done": "Buzones de correo borrados",
+    "files_done": "Archivos del sitio borrados",
+    "cancelled": "Servicio dado de baja",
+    "withdrawn": "Usted desistió de la baja",
+    "expired": "La solicitud venció sin ser confirmada",
+    "locked": "Solicitud bloqueada por demasiados códigos incorrectos",
+    "rejected": "La solicitud no pudo procesarse",
+}
 
 ENDED_NOTES = {
     State.EXPIRED: "La solicitud de baja anterior venció sin ser confirmada.",
@@ -58,6 +86,25 @@ class StepLine:
 
 
 @dataclass(frozen=True)
+class TimelineLine:
+    at: datetime
+    text: str
+
+
+def timeline(status: CancellationStatus | None, tz_name: str) -> list[TimelineLine]:
+    """The cancellation from its request to its end, each moment with its time."""
+    if status is None:
+        return []
+    lines = []
+    for event in status.timeline:
+        text = TIMELINE_TEXTS.get(event.event, event.event)
+        if event.event == State.SCHEDULED and status.effective_at is not None:
+            text += f": {texts.working_until(status.effective_at, tz_name)}"
+        lines.append(TimelineLine(at=event.at, text=text))
+    return lines
+
+
+@dataclass(frozen=True)
 class ServiceCard:
     """A service as the panel shows it: its state in the provider's words and what can be done."""
 
@@ -75,6 +122,8 @@ class ServiceCard:
             return SERVICE_STATES["cancelled"]
         if self.status is not None and self.status.state is State.AWAITING_CONFIRMATION:
             return PENDING
+        if self.status is not None and self.status.state is State.SCHEDULED:
+            return SCHEDULED
         if self.status is not None and self.status.state is State.DEPROVISIONING:
             return IN_PROGRESS
         return SERVICE_STATES.get(self.service.status, self.service.status)
@@ -84,6 +133,7 @@ class ServiceCard:
         return {
             SERVICE_STATES["cancelled"]: "cancelled",
             PENDING: "pending",
+            SCHEDULED: "scheduled",
             IN_PROGRESS: "progress",
             "activo": "active",
             "suspendido": "suspended",
@@ -108,6 +158,27 @@ class ServiceCard:
     @property
     def deprovisioning(self) -> bool:
         return self.status is not None and self.status.state is State.DEPROVISIONING
+
+    @property
+    def scheduled(self) -> bool:
+        return self.status is not None and self.status.state is State.SCHEDULED
+
+    @property
+    def term_end(self) -> datetime | None:
+        """While pending or scheduled, the end of the term the deletion will wait for."""
+        st = self.status
+        if st is None or st.effective is not Effective.END_OF_TERM or st.effective_at is None:
+            return None
+        if st.state is State.AWAITING_CONFIRMATION and st.effective_at <= datetime.now(UTC):
+            return None  # the term is over: a confirmation deletes at once
+        return (
+            st.effective_at if st.state in (State.AWAITING_CONFIRMATION, State.SCHEDULED) else None
+        )
+
+    @property
+    def cancellation(self) -> CancellationStatus | None:
+        """The cancellation the timeline tells: the running one, or the last ended."""
+        return self.status or self.ended
 
     @property
     def ended_note(self) -> str | None:
@@ -200,7 +271,11 @@ def date_es(value: Any) -> str:
 def make_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=TEMPLATES_DIR, context_processors=[_context])
     templates.env.filters["local_time"] = local_time
+    templates.env.filters["long_time"] = texts.long_time
+    templates.env.filters["working_until"] = texts.working_until
     templates.env.filters["date_es"] = date_es
+    templates.env.globals["timeline"] = timeline
+    templates.env.globals["reason_labels"] = texts.REASON_LABELS
     templates.env.globals["url_for"] = template_path_for
     templates.env.filters["count_of"] = count_of
     templates.env.filters["receipt_text"] = texts.receipt_text

@@ -9,9 +9,12 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 from bajas.models import (
     CODE_LENGTH,
+    MAX_REASON_CHARS,
     BillingOutcome,
     CancellationStatus,
+    Effective,
     PaymentMethod,
+    ReasonCode,
     State,
     is_well_formed_code,
 )
@@ -75,7 +78,17 @@ class RequestBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     requested_by: str = Field(default="panel", min_length=1, max_length=200)
-    reason: str | None = Field(default=None, max_length=2000)
+    effective: Effective = Field(
+        default=Effective.NOW,
+        description="now: delete within 24 h of the confirmation; end_of_term: at 00:00"
+        " BUSINESS_TZ on expires_on (site and mail keep working until then)",
+    )
+    reason_code: ReasonCode | None = Field(default=None, description="why the customer leaves")
+    reason: str | None = Field(
+        default=None,
+        max_length=MAX_REASON_CHARS,
+        description=f"free text, at most {MAX_REASON_CHARS} characters; kept in the audit trail",
+    )
 
 
 # What a pasted code may carry around it; the schema's pattern says the same.

@@ -7,9 +7,7 @@ from datetime import date, datetime
 
 import asyncpg
 
-from bajas.models import MAX_ID, State
-
-IN_PROGRESS = (State.AWAITING_CONFIRMATION.value, State.DEPROVISIONING.value)
+from bajas.models import IN_PROGRESS, MAX_ID
 
 
 @dataclass(frozen=True)

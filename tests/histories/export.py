@@ -1,9 +1,11 @@
 """Record one history per way a cancellation can end, for the replay tests.
 
-    python -m tests.histories.export [--suffix v1]
+    python -m tests.histories.export [--suffix v1] [--only NAME,NAME]
 
 Runs the real workflow with the fake activities on a real dev server (short windows,
-so the run takes seconds) and writes `tests/histories/<ending>[-suffix].json`.
+so the run takes seconds) and writes `tests/histories/<ending>[-suffix].json`. A run
+that waits for the end of a term is recorded on the time-skipping test server, whose
+clock jumps to it.
 Re-run it after a workflow change only to add histories; keep the old files: they
 are what running workflows look like.
 """
@@ -17,7 +19,9 @@ import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
@@ -26,6 +30,7 @@ from bajas.models import (
     CancellationInput,
     CancellationStatus,
     ConfirmInput,
+    Effective,
     RetryInput,
     ServiceCheck,
     StepStatus,
@@ -33,7 +38,7 @@ from bajas.models import (
 )
 from tests.fakes import FakeActivities, accepted_check, code_for
 from tests.helpers import assert_eventually
-from tests.helpers.temporal import start_local
+from tests.helpers.temporal import start_local, start_time_skipping
 from workflows.cancellation import ServiceCancellation
 from workflows.sandbox import workflow_runner
 from workflows.search_attributes import workflow_id_for
@@ -102,6 +107,19 @@ async def sla_at_risk(handle: WorkflowHandle, fakes: FakeActivities) -> None:
     fakes.files_gate.set()
 
 
+async def scheduled_then_cancelled(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+    await handle.execute_update("confirm_code", ConfirmInput(code=code_for(1)))
+    # awaiting the result then skips the test server's clock to the end of the term
+
+
+async def scheduled_then_withdrawn(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+    await handle.execute_update("confirm_code", ConfirmInput(code=code_for(1)))
+    await _until(handle, lambda s: s.state.value == "scheduled")
+    await handle.signal("withdraw", WithdrawInput(by="customer"))
+
+
+IN_A_WEEK = date.today() + timedelta(days=7)
+
 SCENARIOS: dict[str, tuple[Scenario, dict[str, object]]] = {
     "cancelled": (cancelled, {}),
     "resent_then_cancelled": (resent_then_cancelled, {}),
@@ -119,25 +137,51 @@ SCENARIOS: dict[str, tuple[Scenario, dict[str, object]]] = {
         sla_at_risk,
         {"check": accepted_check(sla_limit_seconds=2), "files_gate": asyncio.Event()},
     ),
+    "scheduled_then_cancelled": (
+        scheduled_then_cancelled,
+        {"check": accepted_check(expires_on=IN_A_WEEK)},
+    ),
+    "scheduled_then_withdrawn": (
+        scheduled_then_withdrawn,
+        {"check": accepted_check(expires_on=IN_A_WEEK)},
+    ),
 }
+# What a scenario's request carries besides the ids.
+REQUESTS: dict[str, dict[str, Any]] = {
+    "scheduled_then_cancelled": {"effective": Effective.END_OF_TERM},
+    "scheduled_then_withdrawn": {"effective": Effective.END_OF_TERM},
+}
+# Recorded on the time-skipping server: they wait for the end of a term.
+SKIPPING = {"scheduled_then_cancelled"}
 
 
-async def record(client: Client, suffix: str) -> list[Path]:
+async def record(
+    client: Client, suffix: str, names: list[str], skipping: Client | None = None
+) -> list[Path]:
     written = []
-    for name, (scenario, setup) in SCENARIOS.items():
+    for name in names:
+        scenario, setup = SCENARIOS[name]
+        if name in SKIPPING:
+            assert skipping is not None, f"{name} needs the time-skipping server"
+        client_ = skipping if name in SKIPPING and skipping is not None else client
         fakes = FakeActivities(**setup)  # type: ignore[arg-type]
         queue = f"histories-{uuid.uuid4()}"
         async with Worker(
-            client,
+            client_,
             task_queue=queue,
             workflows=[ServiceCancellation],
             activities=fakes.activities(),
             workflow_runner=workflow_runner(),
         ):
             service_id = next(_ids)
-            handle = await client.start_workflow(
+            handle = await client_.start_workflow(
                 ServiceCancellation.run,
-                CancellationInput(service_id=service_id, customer_id=7, requested_by="panel"),
+                CancellationInput(
+                    service_id=service_id,
+                    customer_id=7,
+                    requested_by="panel",
+                    **REQUESTS.get(name, {}),
+                ),
                 id=f"{workflow_id_for(service_id)}-{uuid.uuid4().hex[:6]}",
                 task_queue=queue,
             )
@@ -154,12 +198,20 @@ async def record(client: Client, suffix: str) -> list[Path]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suffix", default="", help="appended to each file name, e.g. v1")
+    parser.add_argument("--only", default="", help="comma-separated scenarios (default: all)")
     args = parser.parse_args()
+    names = [n for n in args.only.split(",") if n] or list(SCENARIOS)
+    unknown = set(names) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
     env = await start_local()
+    skipping = await start_time_skipping() if SKIPPING & set(names) else None
     try:
-        await record(env.client, args.suffix)
+        await record(env.client, args.suffix, names, skipping.client if skipping else None)
     finally:
         await env.shutdown()
+        if skipping is not None:
+            await skipping.shutdown()
 
 
 if __name__ == "__main__":

@@ -101,6 +101,8 @@ async def request_cancellation(
                 service.customer_id,
                 requested_by=body.requested_by,
                 reason=body.reason,
+                reason_code=body.reason_code,
+                effective=body.effective,
             )
         except CancellationNotFound as err:
             raise _no_cancellation(service) from err

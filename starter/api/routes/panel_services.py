@@ -7,6 +7,7 @@ in a redirect (303) to the service's page, where a flash message says what happe
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
@@ -20,7 +21,14 @@ from bajas.limits import (
     request_refusal,
     resend_refusal,
 )
-from bajas.models import CODE_LENGTH, State, is_well_formed_code
+from bajas.models import (
+    CODE_LENGTH,
+    MAX_REASON_CHARS,
+    Effective,
+    ReasonCode,
+    State,
+    is_well_formed_code,
+)
 from bajas.receipts import stored_receipt
 from starter.api import store
 from starter.api.cancellations import billing_preview, services_with_cancellations, status_of
@@ -36,6 +44,7 @@ from starter.api.deps import (
 from starter.api.edge import path_for
 from starter.api.panel_ui import ServiceCard, flash, local_time, render
 from starter.client import CancellationError, CancellationNotFound
+from workflows.rules import term_end
 
 router = APIRouter(prefix="/panel", include_in_schema=False)
 
@@ -127,6 +136,7 @@ async def request_preview(
     card = await _card(pool, cancellations, service)
     if not card.can_request:
         return _to_service(request, service)
+    end = term_end(service.expires_on, settings.business_tz)
     return render(
         request,
         "request_preview.html",
@@ -135,8 +145,36 @@ async def request_preview(
             "card": card,
             "mailboxes": (await store.mailbox_addresses(pool, [service.id])).get(service.id, []),
             "preview": billing_preview(service, settings),
+            # "al final del período" only while that is still ahead
+            "term_end": end if end > datetime.now(UTC) else None,
+            "max_reason": MAX_REASON_CHARS,
         },
     )
+
+
+NOT_STARTED = "La baja no se inició."
+
+
+def _request_choices(
+    effective: str, reason_code: str, reason: str
+) -> tuple[Effective, ReasonCode | None, str | None] | str:
+    """The form's "cuándo" and "motivo", or what is wrong with them (in Spanish)."""
+    try:
+        when = Effective(effective or Effective.NOW)
+    except ValueError:
+        return f"Elija cuándo se borra: ahora o al final del período. {NOT_STARTED}"
+    try:
+        code = ReasonCode(reason_code) if reason_code else None
+    except ValueError:
+        return f"Elija el motivo de la lista. {NOT_STARTED}"
+    # Browsers send a textarea's line breaks as CRLF but count them as one character.
+    text = reason.replace("\r\n", "\n").strip() or None
+    if text is not None and len(text) > MAX_REASON_CHARS:
+        return (
+            f"El comentario puede tener hasta {MAX_REASON_CHARS} caracteres "
+            f"(el suyo tiene {len(text)}). {NOT_STARTED}"
+        )
+    return when, code, text
 
 
 def _refusal_text(refusal: Refusal, settings: Settings) -> str:
@@ -152,22 +190,40 @@ async def request_cancellation(
     cancellations: ClientDep,
     pool: PoolDep,
     rt: AppStateDep,
+    effective: Annotated[str, Form()] = "",
+    reason_code: Annotated[str, Form()] = "",
+    reason: Annotated[str, Form()] = "",
 ) -> Response:
-    """ "Solicitar baja del servicio": start it (or meet the one in progress)."""
+    """ "Solicitar baja del servicio": start it (or meet the one in progress), with when
+    and why from the form."""
     if service.status == "cancelled":
         flash(request, "Este servicio ya está dado de baja.", "error")
         return _to_service(request, service)
+    choices = _request_choices(effective, reason_code, reason)
+    if isinstance(choices, str):
+        flash(request, choices, "error")
+        return RedirectResponse(
+            path_for(request, "request_preview", sid=service.id), status_code=303
+        )
+    when, code, text = choices
     refusal = await request_refusal(pool, rt.limits, service.id, customer.id, attach_allowed=True)
     if refusal is not None:
         flash(request, _refusal_text(refusal, rt.settings), "error")
         return _to_service(request, service)
     try:
-        answer = await cancellations.request(service.id, customer.id, requested_by="panel")
+        answer = await cancellations.request(
+            service.id,
+            customer.id,
+            requested_by="panel",
+            reason=text,
+            reason_code=code,
+            effective=when,
+        )
     except CancellationError:
         flash(request, "No pudimos registrar la solicitud. Inténtelo de nuevo.", "error")
         return _to_service(request, service)
     state = answer.status.state
-    reason = answer.status.rejection_reason
+    rejection = answer.status.rejection_reason
     if state is State.AWAITING_CONFIRMATION and answer.status.code_sent:
         flash(
             request,
@@ -181,10 +237,10 @@ async def request_cancellation(
             "Registramos la solicitud, pero el código de confirmación todavía no salió. "
             "Vuelva a esta página en unos minutos.",
         )
-    elif state is State.REJECTED and is_limit_rejection(reason):
+    elif state is State.REJECTED and is_limit_rejection(rejection):
         # The worker's own check, a moment after ours (another request in between).
         flash(request, "Por seguridad, la baja no puede solicitarse ahora. Inténtelo más tarde.")
-    elif state is State.REJECTED and reason and reason.startswith(BAD_CONTACT_DATA):
+    elif state is State.REJECTED and rejection and rejection.startswith(BAD_CONTACT_DATA):
         flash(request, BAD_CONTACT_TEXT, "error")
     elif state is State.REJECTED:
         flash(request, "No se puede dar de baja este servicio.", "error")
@@ -213,7 +269,14 @@ async def confirm_cancellation(
     except CancellationError:
         await _no_longer_awaiting(request, service, cancellations)
         return _to_service(request, service)
-    if result.accepted:
+    if result.accepted and result.state is State.SCHEDULED:
+        flash(
+            request,
+            "Baja confirmada y programada para el final del período. Hasta entonces el sitio "
+            "y el correo siguen funcionando; le avisaremos por correo cuando se complete.",
+            "ok",
+        )
+    elif result.accepted:
         flash(
             request,
             "Baja confirmada. Se completará dentro de las 24 horas; le avisaremos por correo.",
@@ -247,6 +310,10 @@ async def _no_longer_awaiting(
         flash(request, "La solicitud de baja ya no espera un código.", "error")
     elif status.state is State.CANCELLED:
         flash(request, "Esta baja ya estaba confirmada: el servicio está dado de baja.")
+    elif status.state is State.SCHEDULED:
+        flash(
+            request, "Esta baja ya estaba confirmada y está programada para el final del período."
+        )
     else:
         flash(request, "Esta baja ya estaba confirmada y se está completando.")
 
@@ -283,7 +350,7 @@ async def resend_code(
 async def withdraw_cancellation(
     request: Request, customer: SignedInDep, service: PanelServiceDep, cancellations: ClientDep
 ) -> Response:
-    """ "Desistir": drop a cancellation still awaiting its code."""
+    """ "Desistir": drop a cancellation still awaiting its code or scheduled."""
     try:
         await cancellations.withdraw(service.id, by="panel")
     except CancellationError:
