@@ -324,7 +324,8 @@ class _Walk:
             while not self.todo and self.busy and not self._halted():
                 self.ready.wait()
             if not self.todo or self._halted():
-                self.interrupted |= bool(self.todo) and self.crash is None
+                if self.todo and self.crash is None:
+                    self.interrupted = True
                 self.ready.notify_all()
                 return None
             self.busy += 1
@@ -375,18 +376,7 @@ class _Walk:
                 self._fail(err, node)
             return None
         st = os.fstat(fd)
-        mount = _mount_id(fd)
-        if self.dev is None:
-            self.dev, self.mount = st.st_dev, mount
-        why = (
-            "one of another service's directories"
-            if (st.st_dev, st.st_ino) in self.protected
-            else "on another filesystem"
-            if st.st_dev != self.dev
-            else "on another mount"
-            if mount != self.mount
-            else None
-        )
+        why = self._refusal(st, _mount_id(fd))
         if why is not None:
             os.close(fd)
             with self.lock:
@@ -401,6 +391,18 @@ class _Walk:
         if not self.delete:
             self._add(dirs=1, bytes=st.st_size)
         return fd
+
+    def _refusal(self, st: os.stat_result, mount: int | None) -> str | None:
+        """Why a directory just opened must not be entered; None when it may be."""
+        if (st.st_dev, st.st_ino) in self.protected:
+            return "one of another service's directories"
+        if self.dev is None:  # the top: what every other directory is compared with
+            self.dev, self.mount = st.st_dev, mount
+        if st.st_dev != self.dev:
+            return "on another filesystem"
+        if mount != self.mount:
+            return "on another mount"
+        return None
 
     def _list(self, node: _Dir, fd: int) -> bool:
         """Every entry of `node`: subdirectories pushed, the rest counted or unlinked
