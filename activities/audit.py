@@ -6,6 +6,7 @@ import json
 from typing import Protocol
 
 import asyncpg
+from pydantic import JsonValue
 from temporalio import activity
 
 from bajas.models import BillingOutcome, State, TransitionInput
@@ -61,7 +62,7 @@ async def record_work(
     conn: asyncpg.Connection | asyncpg.Pool,
     data: ForService,
     event: str,
-    details: dict[str, int | str | bool | None],
+    details: dict[str, JsonValue],
     *,
     billing_outcome: BillingOutcome | None = None,
     from_state: State | None = None,

@@ -112,6 +112,8 @@ class CodeActivities:
             expires_on=row["expires_on"],
             debit_cutoff=data.debit_cutoff,
             preview=data.billing_preview,
+            inventory=data.inventory,
+            counting=data.counting,
         )
         del code
         await self.mailer.send(row["email"], subject, body, to_name=row["name"])

@@ -82,6 +82,7 @@ class TreeError(Exception):
 
     def __init__(self, first: OSError, path: str, failed: int) -> None:
         self.first = first
+        self.path = path
         self.failed = failed
         name = type(first).__name__
         more = "1 entry failed" if failed == 1 else f"{failed} entries failed"

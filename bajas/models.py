@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import date, timedelta
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, Field, JsonValue, ValidationError
 
 CODE_LENGTH = 6
 MAX_WRONG_CODES = 5
 MAX_RESENDS = 3
 # The panel's ids are PostgreSQL bigints: a larger number names no row.
 MAX_ID = 2**63 - 1
+
+M = TypeVar("M", bound="BaseModel")
 
 
 class State(StrEnum):
@@ -81,6 +83,7 @@ class StepProgress(BaseModel):
         self.total = result.total
         self.detail = result.detail
         self.error = None
+        self.verified = result.verified
 
 
 class Steps(BaseModel):
@@ -96,6 +99,21 @@ class Steps(BaseModel):
 
 def is_well_formed_code(code: object) -> bool:
     return isinstance(code, str) and len(code) == CODE_LENGTH and code.isascii() and code.isdigit()
+
+
+class MailboxInventory(BaseModel):
+    address: str
+    messages: int
+    bytes: int
+
+
+class Inventory(BaseModel):
+    """What confirming deletes (contract section 8): the document root's files and bytes
+    (as `find TOP ! -type d | wc -l` and `du -sb TOP`), each maildir's messages and bytes."""
+
+    files: int
+    bytes: int
+    mailboxes: list[MailboxInventory] = Field(default_factory=list)
 
 
 # --- workflow input, messages and result -------------------------------------------
@@ -158,6 +176,8 @@ class CancellationStatus(BaseModel):
     rejection_reason: str | None = None
     sla_at_risk: bool = False
     steps: Steps = Field(default_factory=Steps)
+    # What confirming deletes, counted on the server that holds it; None while counting.
+    inventory: Inventory | None = None
 
 
 class CancellationResult(BaseModel):
@@ -217,6 +237,7 @@ class AcceptedService(BaseModel):
     business_tz: str
     confirmation_window_seconds: float
     sla_limit_seconds: float
+    server: str | None = None
 
     @property
     def confirmation_window(self) -> timedelta:
@@ -237,6 +258,10 @@ class IssueCodeInput(BaseModel):
     expires_at: AwareDatetime
     billing_preview: BillingOutcome
     debit_cutoff: date | None = None
+    # What confirming deletes, when known; `counting` when it is still being counted
+    # (neither in inputs written before the inventory: their mail says nothing of it).
+    inventory: Inventory | None = None
+    counting: bool = False
 
 
 class IssueCodeResult(BaseModel):
@@ -264,7 +289,7 @@ class TransitionInput(BaseModel):
     from_state: State | None = None
     to_state: State | None = None
     billing_outcome: BillingOutcome | None = None
-    details: dict[str, int | str | bool | None] = Field(default_factory=dict)
+    details: dict[str, JsonValue] = Field(default_factory=dict)
 
 
 class StepInput(BaseModel):
@@ -280,7 +305,11 @@ class StepInput(BaseModel):
 
 
 class StepResult(BaseModel):
-    """A finished step's result, as `status` counts it."""
+    """A finished step's result, as `status` counts it. `verified`: the step's own check,
+    at the end of the same attempt, proved the resource gone (absent in results written
+    before the checks existed)."""
+
+    verified: bool = False
 
     @property
     def done(self) -> int:
@@ -297,11 +326,13 @@ class StepResult(BaseModel):
 
 class BillingInput(StepInput):
     """The billing effects are decided by the workflow (the contract's table);
-    `close_billing` carries them out."""
+    `close_billing` carries them out. `preflight`: check the paths first, as runs
+    started before `preflight_paths` existed had it (see docs/VERSIONING.md)."""
 
     outcome: BillingOutcome
     revoke_mandate: bool
     void_renewal_invoices: bool
+    preflight: bool = False
 
 
 class BillingResult(StepResult):
@@ -328,6 +359,8 @@ class DeprovisionInput(StepInput):
 class MailboxesResult(StepResult):
     mailboxes_deleted: int
     mailboxes_total: int
+    messages_deleted: int = 0
+    bytes_deleted: int = 0
 
     @property
     def done(self) -> int:
@@ -336,30 +369,51 @@ class MailboxesResult(StepResult):
 
 class FilesProgress(BaseModel):
     """Heartbeat details of the files step (and of its failures): where a next
-    attempt picks up."""
+    attempt picks up. `total`: files of the tree before its deletion began."""
 
     total: int
     deleted: int
 
 
+class FilesSizes(BaseModel):
+    """The second heartbeat detail of the files step: bytes and directories of the tree
+    before its deletion began, so a resumed attempt can tell what earlier ones deleted."""
+
+    bytes: int = 0
+    dirs: int = 0
+
+
 class FilesInput(DeprovisionInput):
-    """`resume` is where the previous attempt got to: a new activity execution gets no
-    heartbeat details of the last one, so the workflow hands them over."""
+    """`resume` (and `resume_sizes`) is where the previous attempt got to: a new activity
+    execution gets no heartbeat details of the last one, so the workflow hands them over."""
 
     resume: FilesProgress | None = None
+    resume_sizes: FilesSizes | None = None
 
     def resumed(self, details: Sequence[Any]) -> Self:
-        try:
-            progress = FilesProgress.model_validate(details[0]) if details else None
-        except ValidationError:
-            progress = None
-        return self.model_copy(update={"resume": progress}) if progress else self
+        progress = _valid(FilesProgress, details, 0)
+        if progress is None:
+            return self
+        sizes = _valid(FilesSizes, details, 1)
+        return self.model_copy(update={"resume": progress, "resume_sizes": sizes})
+
+
+def _valid(model: type[M], details: Sequence[Any], index: int) -> M | None:
+    """Detail `index` as `model`, or None: details arrive as raw JSON, maybe of another
+    version."""
+    try:
+        return model.model_validate(details[index]) if len(details) > index else None
+    except ValidationError:
+        return None
 
 
 class FilesResult(StepResult):
     files_deleted: int
     dirs_deleted: int
     resumed_from: int = 0
+    bytes_deleted: int = 0
+    # Walks of the tree: more than one when the check found it written to meanwhile.
+    walks: int = 1
 
     @property
     def done(self) -> int:
@@ -367,7 +421,28 @@ class FilesResult(StepResult):
 
     @property
     def detail(self) -> str | None:
-        return f"resumed after {self.resumed_from} files" if self.resumed_from else None
+        notes = [f"resumed after {self.resumed_from} files"] if self.resumed_from else []
+        if self.walks > 1:
+            notes.append(f"walked {self.walks} times: written to during deletion")
+        return "; ".join(notes) or None
+
+
+class InventoryInput(StepInput):
+    pass
+
+
+class InventoryResult(BaseModel):
+    inventory: Inventory
+
+
+class PreflightInput(StepInput):
+    pass
+
+
+class PreflightResult(BaseModel):
+    """How many paths were checked (the document root and each maildir)."""
+
+    paths: int
 
 
 class FinishInput(BaseModel):

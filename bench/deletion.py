@@ -112,7 +112,9 @@ def _by_engine(top: Path, threads: int) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    from bench.stack import write_tree  # the harness's builder; heavy, so not in the child
+    # the harness's builder; heavy, so not in the child
+    from bench.stack import per_dir
+    from tests.helpers.panel import make_tree
 
     work = Path(tempfile.mkdtemp(prefix="bench-deletion-", dir=args.workdir))
     rows: list[dict[str, Any]] = []
@@ -122,8 +124,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             print(
                 f"[{r + 1}/{args.repeat}] building two trees of {args.files:,} files…", flush=True
             )
-            write_tree(engine_top, args.files, args.dirs)
-            write_tree(rm_top, args.files, args.dirs)
+            make_tree(engine_top, args.files, per_dir(args.files, args.dirs))
+            make_tree(rm_top, args.files, per_dir(args.files, args.dirs))
             engine_first = r % 2 == 0
             for side in ("engine", "rm") if engine_first else ("rm", "engine"):
                 _settle(args.pause)
