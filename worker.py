@@ -77,6 +77,7 @@ def activities_for(settings: Settings, pool: asyncpg.Pool) -> Sequence[Any]:
         business_tz=settings.business_tz,
         confirmation_window=settings.confirmation_window,
         sla_limit=settings.sla_limit,
+        node_wait=settings.node_wait,
         limits=limits,
     )
     codes = CodeActivities(pool, settings.hmac_key(), mailer, settings.business_tz, limits)

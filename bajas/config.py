@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     codec_cors_origins: str = "http://localhost:8233"
     # Deprovisioning slower than this after confirmation raises the SLA alert.
     sla_limit: timedelta = timedelta(hours=20)
+    # A node step no worker has taken after this long shows its node as not answering.
+    node_wait: timedelta = timedelta(minutes=3)
     ops_email: str | None = None
     metrics_port: int | None = None
     log_format: str = Field(default="text", pattern="^(text|json)$")
@@ -109,7 +111,7 @@ class Settings(BaseSettings):
     def docs_public(self) -> bool:
         return self.dev_mode if self.api_docs is None else self.api_docs
 
-    _window = field_validator("confirmation_window", "sla_limit", mode="before")(
+    _window = field_validator("confirmation_window", "sla_limit", "node_wait", mode="before")(
         classmethod(lambda cls, v: parse_duration(v))
     )
 

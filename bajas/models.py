@@ -211,6 +211,9 @@ class ServiceCheck(BaseModel):
     business_tz: str = "America/Argentina/Buenos_Aires"
     confirmation_window_seconds: float = 86400
     sla_limit_seconds: float = 20 * 3600
+    # How long a step on a node's queue may wait for a worker before it shows the node
+    # as not answering (the NODE_WAIT setting; older histories lack it).
+    node_wait_seconds: float = 180
     rejection_reason: str | None = None
     domain: str | None = None
     expires_on: date | None = None
@@ -237,6 +240,7 @@ class AcceptedService(BaseModel):
     business_tz: str
     confirmation_window_seconds: float
     sla_limit_seconds: float
+    node_wait_seconds: float = 180
     server: str | None = None
 
     @property
@@ -246,6 +250,10 @@ class AcceptedService(BaseModel):
     @property
     def sla_limit(self) -> timedelta:
         return timedelta(seconds=self.sla_limit_seconds)
+
+    @property
+    def node_wait(self) -> timedelta:
+        return timedelta(seconds=self.node_wait_seconds)
 
 
 class IssueCodeInput(BaseModel):

@@ -101,6 +101,8 @@ class FakeActivities:
     files_failures: int = 0
     # delete_files stops heartbeating (a dead worker, as the server sees it) this many times
     files_hangs: int = 0
+    # delete_files returns this many times without its check having passed (`verified`)
+    files_unverified: int = 0
     # delete_files raises a retryable error asking for these retry delays, one per attempt
     files_retry_delays: list[timedelta] = field(default_factory=list)
     # take_inventory waits on this gate when it is set to an Event
@@ -237,6 +239,9 @@ class FakeActivities:
             )
         if self.files_gate is not None:
             await self.files_gate.wait()
+        if self.files_unverified > 0:
+            self.files_unverified -= 1
+            return FilesResult(files_deleted=FILES, dirs_deleted=DIRS)
         return FilesResult(files_deleted=FILES, dirs_deleted=DIRS, verified=True)
 
     @activity.defn(name="finish_cancellation")

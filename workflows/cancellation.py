@@ -98,9 +98,6 @@ HEARTBEAT = timedelta(seconds=10)
 # A step's attempts are run by `_step`, one activity execution each, since the workflow
 # cannot see retries done by the server: every failure then shows at once in `status`.
 ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
-# The steps that touch files and mailboxes run on the node worker of the service's
-# server; a node that takes no task this long is down, and says so in `status`.
-NODE_WAIT = timedelta(minutes=3)
 # The code mail waits this long at most for the inventory.
 INVENTORY_WAIT = timedelta(seconds=3)
 # One walk of a service's trees without deleting (the inventory, the preflight).
@@ -616,14 +613,16 @@ class ServiceCancellation:
         summary: str,
     ) -> T:
         """Run a step that touches the service's data where the data is. A node that is
-        down holds only this service's steps: its task waits NODE_WAIT for a worker,
-        then fails as not taken (`status` names the node) and is asked again."""
+        down holds only this service's steps: its task waits NODE_WAIT (a few minutes,
+        from the service check) for a worker, then fails as not taken (`status` names the node) and is asked
+        again."""
+        assert self.service is not None
         return await workflow.execute_activity_method(
             activity,
             arg,
             task_queue=self._node_queue(),
             start_to_close_timeout=start_to_close_timeout,
-            schedule_to_start_timeout=NODE_WAIT,
+            schedule_to_start_timeout=self.service.node_wait,
             heartbeat_timeout=HEARTBEAT,
             retry_policy=retry_policy,
             summary=summary,
