@@ -409,6 +409,47 @@ async def test_bind_mount_inside_is_refused_before_billing_then_retried(
     assert await billing_rows(stack, svc) == {"invoices": ["paid", "void"], "mandates": ["revoked"]}
 
 
+async def test_another_services_directory_inside_is_refused_before_billing(
+    stack: Stack, site: Path
+) -> None:
+    """Another service's live maildir lies inside this document root, its row spelled
+    through a link (so no comparison of paths sees it): the preflight's walk finds its
+    (dev, ino) and refuses before billing; no walk ever enters it."""
+    (site / "index.php").write_text("<?php")
+    inside = site / "correo-de-otro"
+    inside.mkdir()
+    (inside / "cur").mkdir()
+    (inside / "cur" / "1.mail:2,S").write_text("Subject: de otro cliente\n\n")
+    alias = stack.settings.mail_root / f"alias-{uuid.uuid4().hex[:8]}"
+    alias.symlink_to(inside, target_is_directory=True)
+    other = await stack.panel.service(files=1, mailboxes=0)
+    await add_mailbox(stack.pool, other.service_id, alias)
+    svc = await stack.panel.service(
+        document_root=site, mailboxes=1, payment_method="auto_debit", expires_on=FAR
+    )
+    try:
+        _, code = await request(stack, svc)
+        await confirm(stack, svc, code)
+        status = await wait_status(
+            stack,
+            svc,
+            lambda s: s.steps.files.status is StepStatus.REFUSED,
+            "the files step refused",
+        )
+        detail = status.steps.files.detail or ""
+        assert "correo-de-otro is one of another service's directories" in detail, detail
+        assert status.steps.billing.status is StepStatus.PENDING
+        assert await billing_rows(stack, svc) == {
+            "invoices": ["paid", "open"],
+            "mandates": ["active"],
+        }
+        assert (site / "index.php").exists()
+        assert (inside / "cur" / "1.mail:2,S").exists()
+    finally:
+        await terminate(stack, svc)
+        alias.unlink()
+
+
 def chattr(flag: str, path: Path) -> bool:
     """Set or clear a file attribute; False where chattr is missing or not allowed."""
     if shutil.which("chattr") is None:
