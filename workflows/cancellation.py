@@ -614,15 +614,17 @@ class ServiceCancellation:
     ) -> T:
         """Run a step that touches the service's data where the data is. A node that is
         down holds only this service's steps: its task waits NODE_WAIT (a few minutes,
-        from the service check) for a worker, then fails as not taken (`status` names the node) and is asked
-        again."""
-        assert self.service is not None
+        from the service check) for a worker, then fails as not taken (`status` names
+        the node) and is asked again."""
+        service = self.service
+        if service is None:  # never: these steps follow the service check
+            raise ApplicationError("a node step before the service check")
         return await workflow.execute_activity_method(
             activity,
             arg,
             task_queue=self._node_queue(),
             start_to_close_timeout=start_to_close_timeout,
-            schedule_to_start_timeout=self.service.node_wait,
+            schedule_to_start_timeout=service.node_wait,
             heartbeat_timeout=HEARTBEAT,
             retry_policy=retry_policy,
             summary=summary,
