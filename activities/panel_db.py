@@ -31,6 +31,7 @@ class PanelDbActivities:
         confirmation_window: timedelta,
         sla_limit: timedelta,
         limits: Limits | None = None,
+        node_wait: timedelta = timedelta(minutes=3),
     ) -> None:
         self.pool = pool
         self.limits = limits or Limits()
@@ -38,6 +39,7 @@ class PanelDbActivities:
             "business_tz": business_tz,
             "confirmation_window_seconds": confirmation_window.total_seconds(),
             "sla_limit_seconds": sla_limit.total_seconds(),
+            "node_wait_seconds": node_wait.total_seconds(),
         }
 
     @activity.defn(name="check_service")

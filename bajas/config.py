@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     codec_cors_origins: str = "http://localhost:8233"
     # Deprovisioning slower than this after confirmation raises the SLA alert.
     sla_limit: timedelta = timedelta(hours=20)
+    # A node step no worker has taken after this long shows its node as not answering.
+    node_wait: timedelta = timedelta(minutes=3)
     ops_email: str | None = None
     metrics_port: int | None = None
     log_format: str = Field(default="text", pattern="^(text|json)$")
@@ -72,6 +74,8 @@ class Settings(BaseSettings):
     activity_task_pollers: int = Field(default=5, ge=1)
     # Workflows kept in worker memory; more than this waiting are replayed when touched.
     max_cached_workflows: int = Field(default=2000, ge=0)
+    # Threads of the deletion engine (activities/deletion.py), per worker (contract section 8).
+    delete_threads: int = Field(default=4, ge=1)
     dev_mode: bool = Field(default=False, alias="BAJAS_DEV")
     # ---- abuse limits and the network in front of the API (docs/SECURITY.md) ----
     guess_cooldown: timedelta = timedelta(minutes=15)
@@ -107,7 +111,7 @@ class Settings(BaseSettings):
     def docs_public(self) -> bool:
         return self.dev_mode if self.api_docs is None else self.api_docs
 
-    _window = field_validator("confirmation_window", "sla_limit", mode="before")(
+    _window = field_validator("confirmation_window", "sla_limit", "node_wait", mode="before")(
         classmethod(lambda cls, v: parse_duration(v))
     )
 

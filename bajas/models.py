@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import date, timedelta
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, Field, JsonValue, ValidationError
 
@@ -14,6 +14,8 @@ MAX_WRONG_CODES = 5
 MAX_RESENDS = 3
 # The panel's ids are PostgreSQL bigints: a larger number names no row.
 MAX_ID = 2**63 - 1
+
+M = TypeVar("M", bound="BaseModel")
 
 
 # What the free-text reason of a request may hold, in characters.
@@ -113,6 +115,7 @@ class StepProgress(BaseModel):
         self.total = result.total
         self.detail = result.detail
         self.error = None
+        self.verified = result.verified
 
 
 class Steps(BaseModel):
@@ -136,6 +139,21 @@ def reason_refusal(reason: str | None) -> str | None:
     if reason is not None and len(reason) > MAX_REASON_CHARS:
         return f"the reason may hold at most {MAX_REASON_CHARS} characters (it has {len(reason)})"
     return None
+
+
+class MailboxInventory(BaseModel):
+    address: str
+    messages: int
+    bytes: int
+
+
+class Inventory(BaseModel):
+    """What confirming deletes (contract section 8): the document root's files and bytes
+    (as `find TOP ! -type d | wc -l` and `du -sb TOP`), each maildir's messages and bytes."""
+
+    files: int
+    bytes: int
+    mailboxes: list[MailboxInventory] = Field(default_factory=list)
 
 
 # --- workflow input, messages and result -------------------------------------------
@@ -221,6 +239,8 @@ class CancellationStatus(BaseModel):
     effective_at: AwareDatetime | None = None
     reason_code: ReasonCode | None = None
     timeline: list[TimelineEvent] = Field(default_factory=list)
+    # What confirming deletes, counted on the server that holds it; None while counting.
+    inventory: Inventory | None = None
 
 
 class CancellationResult(BaseModel):
@@ -258,6 +278,9 @@ class ServiceCheck(BaseModel):
     business_tz: str = "America/Argentina/Buenos_Aires"
     confirmation_window_seconds: float = 86400
     sla_limit_seconds: float = 20 * 3600
+    # How long a step on a node's queue may wait for a worker before it shows the node
+    # as not answering (the NODE_WAIT setting; older histories lack it).
+    node_wait_seconds: float = 180
     rejection_reason: str | None = None
     domain: str | None = None
     expires_on: date | None = None
@@ -284,6 +307,8 @@ class AcceptedService(BaseModel):
     business_tz: str
     confirmation_window_seconds: float
     sla_limit_seconds: float
+    node_wait_seconds: float = 180
+    server: str | None = None
 
     @property
     def confirmation_window(self) -> timedelta:
@@ -292,6 +317,10 @@ class AcceptedService(BaseModel):
     @property
     def sla_limit(self) -> timedelta:
         return timedelta(seconds=self.sla_limit_seconds)
+
+    @property
+    def node_wait(self) -> timedelta:
+        return timedelta(seconds=self.node_wait_seconds)
 
 
 class IssueCodeInput(BaseModel):
@@ -307,6 +336,10 @@ class IssueCodeInput(BaseModel):
     billing_preview: BillingOutcome
     debit_cutoff: date | None = None
     term_end: AwareDatetime | None = None
+    # What confirming deletes, when known; `counting` when it is still being counted
+    # (neither in inputs written before the inventory: their mail says nothing of it).
+    inventory: Inventory | None = None
+    counting: bool = False
 
 
 class IssueCodeResult(BaseModel):
@@ -354,7 +387,11 @@ class StepInput(BaseModel):
 
 
 class StepResult(BaseModel):
-    """A finished step's result, as `status` counts it."""
+    """A finished step's result, as `status` counts it. `verified`: the step's own check,
+    at the end of the same attempt, proved the resource gone (absent in results written
+    before the checks existed)."""
+
+    verified: bool = False
 
     @property
     def done(self) -> int:
@@ -371,11 +408,13 @@ class StepResult(BaseModel):
 
 class BillingInput(StepInput):
     """The billing effects are decided by the workflow (the contract's table);
-    `close_billing` carries them out."""
+    `close_billing` carries them out. `preflight`: check the paths first, as runs
+    started before `preflight_paths` existed had it (see docs/VERSIONING.md)."""
 
     outcome: BillingOutcome
     revoke_mandate: bool
     void_renewal_invoices: bool
+    preflight: bool = False
 
 
 class BillingResult(StepResult):
@@ -406,6 +445,8 @@ class DeprovisionInput(StepInput):
 class MailboxesResult(StepResult):
     mailboxes_deleted: int
     mailboxes_total: int
+    messages_deleted: int = 0
+    bytes_deleted: int = 0
 
     @property
     def done(self) -> int:
@@ -414,30 +455,51 @@ class MailboxesResult(StepResult):
 
 class FilesProgress(BaseModel):
     """Heartbeat details of the files step (and of its failures): where a next
-    attempt picks up."""
+    attempt picks up. `total`: files of the tree before its deletion began."""
 
     total: int
     deleted: int
 
 
+class FilesSizes(BaseModel):
+    """The second heartbeat detail of the files step: bytes and directories of the tree
+    before its deletion began, so a resumed attempt can tell what earlier ones deleted."""
+
+    bytes: int = 0
+    dirs: int = 0
+
+
 class FilesInput(DeprovisionInput):
-    """`resume` is where the previous attempt got to: a new activity execution gets no
-    heartbeat details of the last one, so the workflow hands them over."""
+    """`resume` (and `resume_sizes`) is where the previous attempt got to: a new activity
+    execution gets no heartbeat details of the last one, so the workflow hands them over."""
 
     resume: FilesProgress | None = None
+    resume_sizes: FilesSizes | None = None
 
     def resumed(self, details: Sequence[Any]) -> Self:
-        try:
-            progress = FilesProgress.model_validate(details[0]) if details else None
-        except ValidationError:
-            progress = None
-        return self.model_copy(update={"resume": progress}) if progress else self
+        progress = _valid(FilesProgress, details, 0)
+        if progress is None:
+            return self
+        sizes = _valid(FilesSizes, details, 1)
+        return self.model_copy(update={"resume": progress, "resume_sizes": sizes})
+
+
+def _valid(model: type[M], details: Sequence[Any], index: int) -> M | None:
+    """Detail `index` as `model`, or None: details arrive as raw JSON, maybe of another
+    version."""
+    try:
+        return model.model_validate(details[index]) if len(details) > index else None
+    except ValidationError:
+        return None
 
 
 class FilesResult(StepResult):
     files_deleted: int
     dirs_deleted: int
     resumed_from: int = 0
+    bytes_deleted: int = 0
+    # Walks of the tree: more than one when the check found it written to meanwhile.
+    walks: int = 1
 
     @property
     def done(self) -> int:
@@ -445,7 +507,28 @@ class FilesResult(StepResult):
 
     @property
     def detail(self) -> str | None:
-        return f"resumed after {self.resumed_from} files" if self.resumed_from else None
+        notes = [f"resumed after {self.resumed_from} files"] if self.resumed_from else []
+        if self.walks > 1:
+            notes.append(f"walked {self.walks} times: written to during deletion")
+        return "; ".join(notes) or None
+
+
+class InventoryInput(StepInput):
+    pass
+
+
+class InventoryResult(BaseModel):
+    inventory: Inventory
+
+
+class PreflightInput(StepInput):
+    pass
+
+
+class PreflightResult(BaseModel):
+    """How many paths were checked (the document root and each maildir)."""
+
+    paths: int
 
 
 class FinishInput(BaseModel):

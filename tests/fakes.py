@@ -24,12 +24,18 @@ from bajas.models import (
     DeprovisionInput,
     FilesResult,
     FinishInput,
+    Inventory,
+    InventoryInput,
+    InventoryResult,
     IssueCodeInput,
     IssueCodeResult,
     MailboxesResult,
+    MailboxInventory,
     NoticeInput,
     NoticeResult,
     PaymentMethod,
+    PreflightInput,
+    PreflightResult,
     ServiceCheck,
     ServiceCheckInput,
     TransitionInput,
@@ -46,6 +52,14 @@ FILES = 120
 DIRS = 7
 EXPIRES_IN = timedelta(days=400)
 LOCKED_FILE = "/srv/www/ejemplo.com.ar/locked.php"
+INVENTORY = Inventory(
+    files=FILES,
+    bytes=1_800_000,
+    mailboxes=[
+        MailboxInventory(address=f"buzon{n}@ejemplo.com.ar", messages=10, bytes=20_000)
+        for n in range(MAILBOXES)
+    ],
+)
 
 
 def code_for(generation: int) -> str:
@@ -90,8 +104,12 @@ class FakeActivities:
     files_failures: int = 0
     # delete_files stops heartbeating (a dead worker, as the server sees it) this many times
     files_hangs: int = 0
+    # delete_files returns this many times without its check having passed (`verified`)
+    files_unverified: int = 0
     # delete_files raises a retryable error asking for these retry delays, one per attempt
     files_retry_delays: list[timedelta] = field(default_factory=list)
+    # take_inventory waits on this gate when it is set to an Event
+    inventory_gate: asyncio.Event | None = None
     # delete_files waits on this gate when it is set to an Event
     files_gate: asyncio.Event | None = None
     files_started: asyncio.Event = field(default_factory=asyncio.Event)
@@ -124,6 +142,8 @@ class FakeActivities:
             self.issue_code,
             self.verify_code,
             self.record_transition,
+            self.take_inventory,
+            self.preflight_paths,
             self.close_billing,
             self.delete_mailboxes,
             self.delete_files,
@@ -176,15 +196,31 @@ class FakeActivities:
     async def record_transition(self, entry: TransitionInput) -> None:
         self._record("record_transition", entry)
 
+    @activity.defn(name="take_inventory")
+    async def take_inventory(self, data: InventoryInput) -> InventoryResult:
+        self._record("take_inventory", data)
+        if self.inventory_gate is not None:
+            await self.inventory_gate.wait()
+        return InventoryResult(inventory=INVENTORY)
+
+    @activity.defn(name="preflight_paths")
+    async def preflight_paths(self, data: PreflightInput) -> PreflightResult:
+        self._record("preflight_paths", data)
+        return PreflightResult(paths=1 + MAILBOXES)
+
     @activity.defn(name="close_billing")
     async def close_billing(self, data: BillingInput) -> BillingResult:
         self._record("close_billing", data)
-        return BillingResult(invoices_voided=INVOICES_VOIDED, mandates_revoked=MANDATES_REVOKED)
+        return BillingResult(
+            invoices_voided=INVOICES_VOIDED, mandates_revoked=MANDATES_REVOKED, verified=True
+        )
 
     @activity.defn(name="delete_mailboxes")
     async def delete_mailboxes(self, data: DeprovisionInput) -> MailboxesResult:
         self._record("delete_mailboxes", data)
-        return MailboxesResult(mailboxes_deleted=MAILBOXES, mailboxes_total=MAILBOXES)
+        return MailboxesResult(
+            mailboxes_deleted=MAILBOXES, mailboxes_total=MAILBOXES, verified=True
+        )
 
     @activity.defn(name="delete_files")
     async def delete_files(self, data: DeprovisionInput) -> FilesResult:
@@ -210,7 +246,10 @@ class FakeActivities:
             )
         if self.files_gate is not None:
             await self.files_gate.wait()
-        return FilesResult(files_deleted=FILES, dirs_deleted=DIRS)
+        if self.files_unverified > 0:
+            self.files_unverified -= 1
+            return FilesResult(files_deleted=FILES, dirs_deleted=DIRS)
+        return FilesResult(files_deleted=FILES, dirs_deleted=DIRS, verified=True)
 
     @activity.defn(name="finish_cancellation")
     async def finish_cancellation(self, data: FinishInput) -> None:

@@ -10,7 +10,7 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -28,9 +28,11 @@ with workflow.unsafe.imports_passed_through():
     from activities.codes import CodeActivities
     from activities.errors import PATH_REFUSED
     from activities.files import FilesActivities
+    from activities.inventory import InventoryActivities
     from activities.mail import KIND_CANCELLED, KIND_LOCKED, KIND_SLA_AT_RISK, NoticeActivities
     from activities.mailboxes import MailboxActivities
     from activities.panel_db import PanelDbActivities
+    from activities.safety import PreflightActivities
     from bajas.models import (
         MAX_RESENDS,
         MAX_WRONG_CODES,
@@ -46,9 +48,12 @@ with workflow.unsafe.imports_passed_through():
         Effective,
         FilesInput,
         FinishInput,
+        Inventory,
+        InventoryInput,
         IssueCodeInput,
         IssueCodeResult,
         NoticeInput,
+        PreflightInput,
         ResendInput,
         ResendResult,
         RetryInput,
@@ -72,6 +77,7 @@ with workflow.unsafe.imports_passed_through():
         SERVICE_ID,
         SLA_AT_RISK,
         WORKFLOW_TYPE,
+        node_task_queue,
     )
 
 RETRY = RetryPolicy(
@@ -86,12 +92,19 @@ AUDIT_WRONG_CODES = "audit-wrong-codes"
 MAIL_AS_ACTIVITY = "mail-as-activity"
 LOCK_NOTICE = "lock-notice"
 END_OF_TERM = "end-of-term"
+# The inventory before the code mail, the path preflight as its own step before
+# billing, and every step's check required before it counts as done.
+INVENTORY_AND_PREFLIGHT = "inventory-and-preflight"
 # A dead worker is noticed this fast during a deletion; progress reaches the server
 # about every 0.8 of it (the SDK throttles heartbeats).
 HEARTBEAT = timedelta(seconds=10)
 # A step's attempts are run by `_step`, one activity execution each, since the workflow
 # cannot see retries done by the server: every failure then shows at once in `status`.
 ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
+# The code mail waits this long at most for the inventory.
+INVENTORY_WAIT = timedelta(seconds=3)
+# One walk of a service's trees without deleting (the inventory, the preflight).
+WALK_LIMIT = timedelta(hours=1)
 # The wait before the next attempt of a failing step: doubling, capped near a minute.
 FIRST_BACKOFF = timedelta(seconds=1)
 MAX_BACKOFF = timedelta(seconds=60)
@@ -106,6 +119,7 @@ ATTEMPT_TIMEOUTS = {
     TimeoutType.SCHEDULE_TO_START: "no worker took the attempt",
 }
 
+T = TypeVar("T")
 # An activity method of a deprovisioning step, e.g. `FilesActivities.delete_files`.
 StepActivity = Callable[[Any, Any], Awaitable[StepResult]]
 # How long one attempt of each step may take, and what the Web UI calls it. Billing
@@ -154,6 +168,10 @@ class ServiceCancellation:
         self.audit_wrong_codes = False
         self.mail_as_activity = False
         self.end_of_term = False
+        # What confirming deletes, once counted; the counting runs beside the code.
+        self.inventory: Inventory | None = None
+        self.inventory_task: asyncio.Task[None] | None = None
+        self.checked = False
 
     @workflow.run
     async def run(self, data: CancellationInput) -> CancellationResult:
@@ -164,6 +182,7 @@ class ServiceCancellation:
         lock_notice = workflow.patched(LOCK_NOTICE)
         # Runs recorded before it carry no `effective`: they all confirm for `now`.
         self.end_of_term = workflow.patched(END_OF_TERM) and data.effective is Effective.END_OF_TERM
+        self.checked = workflow.patched(INVENTORY_AND_PREFLIGHT)
         workflow.upsert_search_attributes(
             [
                 SERVICE_ID.value_set(str(data.service_id)),
@@ -193,6 +212,9 @@ class ServiceCancellation:
             return await self._result()
 
         self.service = service
+        if self.checked:
+            self.inventory_task = asyncio.ensure_future(self._take_inventory())
+            await self._await_inventory()
         if self.state is State.AWAITING_CONFIRMATION:  # not withdrawn during the check
             async with self.code_lock:
                 await self._issue_code(service, self.requested_at + service.confirmation_window)
@@ -323,6 +345,7 @@ class ServiceCancellation:
             effective_at=self.effective_at or self._planned_term_end(),
             reason_code=self.input.reason_code,
             timeline=[e.model_copy() for e in self.timeline],
+            inventory=self.inventory,
         )
 
     # ---- the confirmation ---------------------------------------------------------------
@@ -450,6 +473,8 @@ class ServiceCancellation:
                 billing_preview=self._outcome_at(service, self.requested_at),
                 debit_cutoff=rules.auto_debit_cutoff(service.expires_on, service.payment_method),
                 term_end=self._term_end_ahead(),
+                inventory=self.inventory,
+                counting=self._counting(),
             ),
             summary=f"mail confirmation code #{generation}",
         )
@@ -461,6 +486,57 @@ class ServiceCancellation:
         """The end of term a confirmed deletion would wait for, if still ahead."""
         planned = self._planned_term_end()
         return planned if planned is not None and planned > workflow.now() else None
+
+    # ---- the inventory --------------------------------------------------------------
+
+    async def _take_inventory(self) -> None:
+        """Count what confirming deletes, on the server that holds it. A node that takes
+        no task is asked again; any other failure leaves the inventory unknown (an unsafe
+        path is refused by the preflight after the confirmation)."""
+        while True:
+            try:
+                result = await self._on_node(
+                    InventoryActivities.take_inventory,
+                    InventoryInput(
+                        service_id=self.input.service_id, customer_id=self.input.customer_id
+                    ),
+                    start_to_close_timeout=WALK_LIMIT,
+                    retry_policy=RETRY,
+                    summary="count what the cancellation deletes",
+                )
+            except ActivityError as err:
+                if _timed_out(err, TimeoutType.SCHEDULE_TO_START):
+                    continue
+                workflow.logger.warning("inventory not taken: %s", _one_line(err))
+                return
+            self.inventory = result.inventory
+            self._publish()
+            return
+
+    async def _await_inventory(self) -> None:
+        """A few seconds for the inventory, so the code mail can carry it; a large site
+        is still being counted after them, and the mail says so."""
+        task = self.inventory_task
+        try:
+            await workflow.wait_condition(
+                lambda: (
+                    self.inventory is not None
+                    or (task is not None and task.done())
+                    or self.state is not State.AWAITING_CONFIRMATION
+                ),
+                timeout=INVENTORY_WAIT,
+                timeout_summary="inventory, before the code mail",
+            )
+        except TimeoutError:
+            pass
+
+    def _counting(self) -> bool:
+        task = self.inventory_task
+        return self.inventory is None and task is not None and not task.done()
+
+    def _stop_inventory(self) -> None:
+        if self.inventory_task is not None and not self.inventory_task.done():
+            self.inventory_task.cancel()
 
     # ---- deprovisioning -----------------------------------------------------------------
 
@@ -493,6 +569,7 @@ class ServiceCancellation:
                 outcome=outcome,
                 revoke_mandate=rules.revokes_mandate(outcome),
                 void_renewal_invoices=rules.voids_renewal_invoices(outcome),
+                preflight=not self.checked,
             ),
         )
         await asyncio.gather(
@@ -534,6 +611,10 @@ class ServiceCancellation:
             self._publish()
             try:
                 result = await self._attempt(step, activity, arg)
+                if self.checked and not result.verified:  # e.g. a worker of an older version
+                    raise ApplicationError(
+                        f"the {step} step ended without its check", type="NotVerified"
+                    )
             except (ActivityError, ApplicationError) as err:
                 if any(isinstance(c, CancelledError) for c in _causes(err)):
                     raise  # the workflow is being cancelled: not a failed attempt
@@ -541,7 +622,7 @@ class ServiceCancellation:
                 if refusal is not None:
                     await self._await_retry(step, refusal)
                     continue
-                progress.error = _one_line(err)
+                progress.error = self._error_line(err)
                 arg = arg.resumed(_left_behind(err))
                 self._publish()
                 workflow.logger.warning(
@@ -555,10 +636,19 @@ class ServiceCancellation:
             return
 
     async def _attempt(self, step: Step, activity: StepActivity, arg: StepInput) -> StepResult:
-        """One execution of a step's activity: billing is a short local one, the
-        deletions heartbeat."""
-        summary = f"{STEP_SUMMARIES[step]}, attempt {self.steps[step].attempts}"
+        """One execution of a step's activity: billing is a short local one, after the
+        path preflight on the data's server; the deletions run there and heartbeat."""
+        attempt = self.steps[step].attempts
+        summary = f"{STEP_SUMMARIES[step]}, attempt {attempt}"
         if step is Step.BILLING:
+            if self.checked:
+                await self._on_node(
+                    PreflightActivities.preflight_paths,
+                    PreflightInput(service_id=arg.service_id, customer_id=arg.customer_id),
+                    start_to_close_timeout=WALK_LIMIT,
+                    retry_policy=ONE_ATTEMPT,
+                    summary=f"check the paths before billing, attempt {attempt}",
+                )
             return await workflow.execute_local_activity_method(
                 activity,
                 arg,
@@ -566,14 +656,55 @@ class ServiceCancellation:
                 retry_policy=ONE_ATTEMPT,
                 summary=summary,
             )
-        return await workflow.execute_activity_method(
+        return await self._on_node(
             activity,
             arg,
             start_to_close_timeout=STEP_TIMEOUTS[step],
-            heartbeat_timeout=HEARTBEAT,
             retry_policy=ONE_ATTEMPT,
             summary=summary,
         )
+
+    def _node_queue(self) -> str | None:
+        """The task queue of the steps that read or delete the service's files and
+        mailboxes: its server's node worker (`bajas worker --node`), or None (this
+        workflow's queue, the central workers) when the service names no server."""
+        server = self.service.server if self.service else None
+        return node_task_queue(workflow.info().task_queue, server) if server else None
+
+    async def _on_node(
+        self,
+        activity: Callable[[Any, Any], Awaitable[T]],
+        arg: object,
+        *,
+        start_to_close_timeout: timedelta,
+        retry_policy: RetryPolicy,
+        summary: str,
+    ) -> T:
+        """Run a step that touches the service's data where the data is. A node that is
+        down holds only this service's steps: its task waits NODE_WAIT (a few minutes,
+        from the service check) for a worker, then fails as not taken (`status` names
+        the node) and is asked again."""
+        service = self.service
+        if service is None:  # never: these steps follow the service check
+            raise ApplicationError("a node step before the service check")
+        return await workflow.execute_activity_method(
+            activity,
+            arg,
+            task_queue=self._node_queue(),
+            start_to_close_timeout=start_to_close_timeout,
+            schedule_to_start_timeout=service.node_wait,
+            heartbeat_timeout=HEARTBEAT,
+            retry_policy=retry_policy,
+            summary=summary,
+        )
+
+    def _error_line(self, err: BaseException) -> str:
+        """A failed attempt in one line; a node that took no task is named."""
+        line = _one_line(err)
+        server = self.service.server if self.service else None
+        if server and _timed_out(err, TimeoutType.SCHEDULE_TO_START):
+            return f"node {server} is not answering ({line})"
+        return line
 
     async def _await_retry(self, step: Step, refusal: ApplicationError) -> None:
         """Show the refused path and wait for an operator's `retry`. The refusal names
@@ -658,6 +789,7 @@ class ServiceCancellation:
             )
 
     async def _result(self) -> CancellationResult:
+        self._stop_inventory()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return CancellationResult(
             state=self.state,
@@ -705,6 +837,14 @@ class ServiceCancellation:
             lines.append(f"deletion scheduled for {self.effective_at:%Y-%m-%d %H:%M} UTC")
         if self.billing_outcome:
             lines.append(f"billing outcome: {self.billing_outcome.value}")
+        if self.service is not None and self.service.server:
+            lines.append(f"files and mail on node {self.service.server}")
+        if self.inventory is not None:
+            boxes = self.inventory.mailboxes
+            lines.append(
+                f"inventory: {self.inventory.files:,} files ({self.inventory.bytes:,} bytes),"
+                f" {len(boxes)} mailboxes ({sum(m.messages for m in boxes):,} messages)"
+            )
         for step in Step:
             progress = self.steps[step]
             if progress.status is not StepStatus.PENDING:
@@ -769,6 +909,10 @@ def _one_line(err: BaseException) -> str:
     text = QUOTED_PATH.sub(lambda m: f"'…/{m[1].rstrip('/').rsplit('/', 1)[-1]}'", text)
     text = " ".join(text.split())
     return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 1] + "…"
+
+
+def _timed_out(err: BaseException, kind: TimeoutType) -> bool:
+    return any(isinstance(e, AttemptTimeout) and e.type == kind for e in _causes(err))
 
 
 def _left_behind(err: BaseException) -> Sequence[Any]:

@@ -13,6 +13,7 @@ from fastapi.templating import Jinja2Templates
 
 from bajas import texts
 from bajas.models import (
+    BillingOutcome,
     CancellationStatus,
     Effective,
     Receipt,
@@ -23,6 +24,7 @@ from bajas.models import (
 from starter.api import store
 from starter.api.edge import from_loopback, template_path_for
 from starter.api.security import new_csrf_token
+from workflows.rules import auto_debit_cutoff
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -198,6 +200,33 @@ class ServiceCard:
             f"Se borraron {count_of(files, 'archivo', 'archivos')} del sitio y "
             f"{count_of(mailboxes, 'buzón', 'buzones')} de correo. "
             f"Facturación: {texts.outcome_text(ended.billing_outcome)}"
+        )
+
+    @property
+    def inventory_line(self) -> str | None:
+        """What confirming deletes ("Se eliminarán 12.431 archivos (1,8 GB) y …"), or
+        "contando…" while it is counted; None when no cancellation is under way."""
+        if not (self.pending or self.deprovisioning):
+            return None
+        assert self.status is not None
+        return texts.inventory_line(self.status.inventory)
+
+    def key_dates(self, tz_name: str, outcome: BillingOutcome | None = None) -> list[str]:
+        """When the service ends, the last day to avoid the next automatic debit (while
+        confirming can still avoid it) and when the deletion will be done. `outcome`: the
+        billing preview, where no cancellation has been requested yet."""
+        status = self.status
+        if status is not None:
+            outcome = status.billing_outcome or status.billing_preview
+        avoidable = outcome is BillingOutcome.DEBIT_CANCELLED and (
+            status is None or status.confirmed_at is None
+        )
+        cutoff = auto_debit_cutoff(self.service.expires_on, self.service.payment_method)
+        return texts.key_dates(
+            expires_on=self.service.expires_on,
+            debit_cutoff=cutoff if avoidable else None,
+            confirmed_at=status.confirmed_at if status is not None else None,
+            tz_name=tz_name,
         )
 
     @property
