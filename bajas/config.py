@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     activity_task_pollers: int = Field(default=5, ge=1)
     # Workflows kept in worker memory; more than this waiting are replayed when touched.
     max_cached_workflows: int = Field(default=2000, ge=0)
+    # Threads of the deletion engine (activities/deletion.py), per worker (contract section 8).
+    delete_threads: int = Field(default=4, ge=1)
     dev_mode: bool = Field(default=False, alias="BAJAS_DEV")
     # ---- abuse limits and the network in front of the API (docs/SECURITY.md) ----
     guess_cooldown: timedelta = timedelta(minutes=15)
