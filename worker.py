@@ -19,6 +19,7 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+from activities.archive import ArchiveActivities
 from activities.billing import BillingActivities
 from activities.codes import CodeActivities
 from activities.files import FilesActivities
@@ -41,9 +42,14 @@ GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 
 def node_activities_for(settings: Settings, pool: asyncpg.Pool) -> list[Any]:
     """The steps that read or delete files and mailboxes: they run where the data is."""
+    archive = ArchiveActivities(
+        pool, settings.hosting_root, settings.mail_root, settings.archive_root, PanelPaths(pool)
+    )
     return [
         MailboxActivities(pool, settings.mail_root).delete_mailboxes,
         FilesActivities(pool, settings.hosting_root).delete_files,
+        archive.build_archive,
+        archive.delete_archive,
     ]
 
 
@@ -64,6 +70,8 @@ def activities_for(settings: Settings, pool: asyncpg.Pool) -> Sequence[Any]:
         business_tz=settings.business_tz,
         confirmation_window=settings.confirmation_window,
         sla_limit=settings.sla_limit,
+        archive_ttl=settings.archive_ttl,
+        archive_deadline=settings.archive_deadline,
         limits=limits,
     )
     codes = CodeActivities(pool, settings.hmac_key(), mailer, settings.business_tz, limits)

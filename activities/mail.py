@@ -86,7 +86,10 @@ class NoticeActivities:
             if data.billing_outcome is None:
                 raise ValueError("a 'cancelled' notice needs the billing outcome")
             subject, body = texts.cancelled_mail(
-                name=row["name"], domain=row["domain"], outcome=data.billing_outcome
+                name=row["name"],
+                domain=row["domain"],
+                outcome=data.billing_outcome,
+                archive=data.archive,
             )
             await self.mailer.send(row["email"], subject, body, to_name=row["name"])
         elif data.kind == KIND_LOCKED:

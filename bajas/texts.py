@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
-from bajas.models import BillingOutcome
+from bajas.models import ArchiveState, BillingOutcome
 
 OUTCOME_TEXTS: dict[BillingOutcome, str] = {
     BillingOutcome.LATE_NO_REFUND: (
@@ -68,6 +68,18 @@ def local_time(instant: datetime, tz_name: str, *, seconds: bool = False) -> str
     return f"{local:%d/%m/%Y} {clock} ({zone_label(tz_name)})"
 
 
+def byte_size(n: int) -> str:
+    """ "830 bytes", "12 KB", "3,4 MB", "1,2 GB": what a download weighs."""
+    if n < 1000:
+        return f"{n} bytes"
+    for unit, size in (("KB", 10**3), ("MB", 10**6), ("GB", 10**9), ("TB", 10**12)):
+        value = n / size
+        if round(value) < 1000 or unit == "TB":
+            break
+    shown = f"{value:.1f}" if value < 9.95 else f"{value:.0f}"
+    return f"{shown.replace('.', ',')} {unit}"
+
+
 def debit_warning(cutoff: date | None) -> str | None:
     """The automatic-debit warning of the customer instructions; None without a cut-off
     (a manual payer)."""
@@ -116,18 +128,30 @@ def code_mail(
     return f"Código de confirmación para la baja de {domain}", "\n".join(lines)
 
 
-def cancelled_mail(*, name: str, domain: str, outcome: BillingOutcome) -> tuple[str, str]:
-    """Subject and body of the "dado de baja" mail."""
-    body = "\n".join(
-        [
-            f"Hola {name}:",
-            "",
-            f"El servicio {domain} fue dado de baja.",
-            "Se borró todo el contenido del sitio y todo el correo existente.",
-            f"Facturación: {outcome_text(outcome)}",
-        ]
-    )
-    return f"Servicio {domain} dado de baja", body
+ARCHIVE_TEXTS: dict[ArchiveState, str] = {
+    ArchiveState.FAILED: (
+        "La copia del sitio y del correo que pidió no pudo terminarse a tiempo: la baja "
+        "se completó sin ella, dentro del plazo de 24 horas, y no hay copia para descargar."
+    ),
+    ArchiveState.EXPIRED: "La copia del sitio y del correo que pidió se borró junto con todo lo demás.",
+}
+
+
+def cancelled_mail(
+    *, name: str, domain: str, outcome: BillingOutcome, archive: ArchiveState | None = None
+) -> tuple[str, str]:
+    """Subject and body of the "dado de baja" mail; `archive`, how a last copy the
+    customer asked for ended."""
+    lines = [
+        f"Hola {name}:",
+        "",
+        f"El servicio {domain} fue dado de baja.",
+        "Se borró todo el contenido del sitio y todo el correo existente.",
+        f"Facturación: {outcome_text(outcome)}",
+    ]
+    if archive in ARCHIVE_TEXTS:
+        lines += ["", ARCHIVE_TEXTS[archive]]
+    return f"Servicio {domain} dado de baja", "\n".join(lines)
 
 
 def sla_alert_mail(

@@ -107,7 +107,11 @@ async def h(env: WorkflowEnvironment) -> AsyncIterator[Harness]:
         workflow_runner=workflow_runner(),
     ):
         yield harness
-        for gate in (harness.fakes.check_gate, harness.fakes.files_gate):
+        for gate in (
+            harness.fakes.check_gate,
+            harness.fakes.files_gate,
+            harness.fakes.archive_gate,
+        ):
             if gate is not None:
                 gate.set()
     for handle in harness.handles:

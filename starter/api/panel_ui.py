@@ -11,7 +11,14 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from bajas import texts
-from bajas.models import CancellationStatus, State, StepProgress, StepStatus
+from bajas.models import (
+    ArchiveLink,
+    ArchiveState,
+    CancellationStatus,
+    State,
+    StepProgress,
+    StepStatus,
+)
 from starter.api import store
 from starter.api.edge import from_loopback, template_path_for
 from starter.api.security import new_csrf_token
@@ -66,6 +73,8 @@ class ServiceCard:
     ended: CancellationStatus | None = None
     # What confirming would delete, said again next to the button (while pending).
     mailboxes: tuple[str, ...] = ()
+    # The last copy of a cancellation in progress, with its link's token.
+    copy: ArchiveLink | None = None
 
     @property
     def state_label(self) -> str:
@@ -106,6 +115,19 @@ class ServiceCard:
     @property
     def deprovisioning(self) -> bool:
         return self.status is not None and self.status.state is State.DEPROVISIONING
+
+    @property
+    def copy_state(self) -> str | None:
+        """building, ready, failed or expired; None when no copy was asked for."""
+        return self.copy.archive.state.value if self.copy is not None else None
+
+    @property
+    def can_request_copy(self) -> bool:
+        """Until the deletion starts, and while no copy is building or ready."""
+        return self.pending and self.copy_state not in (
+            ArchiveState.BUILDING.value,
+            ArchiveState.READY.value,
+        )
 
     @property
     def ended_note(self) -> str | None:
@@ -203,6 +225,7 @@ def make_templates() -> Jinja2Templates:
     templates.env.filters["date_es"] = date_es
     templates.env.globals["url_for"] = template_path_for
     templates.env.filters["count_of"] = count_of
+    templates.env.filters["byte_size"] = texts.byte_size
     return templates
 
 
