@@ -142,6 +142,7 @@ class ArchiveActivities:
         except asyncio.CancelledError:
             stop.set()
             await asyncio.wait({work})
+            await asyncio.to_thread(files.delete)  # also when it finished meanwhile
             raise
         await record_work(
             self.pool,
