@@ -1,6 +1,6 @@
 """Record one history per way a cancellation can end, for the replay tests.
 
-    python -m tests.histories.export [--suffix v1]
+    python -m tests.histories.export [--suffix v1] [--only NAME,NAME]
 
 Runs the real workflow with the fake activities on a real dev server (short windows,
 so the run takes seconds) and writes `tests/histories/<ending>[-suffix].json`.
@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import itertools
 import os
+import secrets
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
 from bajas.models import (
+    ArchiveRequest,
     CancellationInput,
     CancellationStatus,
     ConfirmInput,
@@ -102,6 +104,23 @@ async def sla_at_risk(handle: WorkflowHandle, fakes: FakeActivities) -> None:
     fakes.files_gate.set()
 
 
+async def copied_then_cancelled(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+    await _until(handle, lambda s: s.code_sent)
+    await handle.execute_update(
+        "request_archive", ArchiveRequest(customer_id=7, token=secrets.token_urlsafe(32))
+    )
+    await _until(handle, lambda s: s.archive is not None and s.archive.state == "ready")
+    await handle.signal("confirm", ConfirmInput(code=code_for(1)))
+
+
+async def copy_too_late(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+    await _until(handle, lambda s: s.code_sent)
+    await handle.execute_update(
+        "request_archive", ArchiveRequest(customer_id=7, token=secrets.token_urlsafe(32))
+    )
+    await handle.signal("confirm", ConfirmInput(code=code_for(1)))
+
+
 SCENARIOS: dict[str, tuple[Scenario, dict[str, object]]] = {
     "cancelled": (cancelled, {}),
     "resent_then_cancelled": (resent_then_cancelled, {}),
@@ -119,12 +138,21 @@ SCENARIOS: dict[str, tuple[Scenario, dict[str, object]]] = {
         sla_at_risk,
         {"check": accepted_check(sla_limit_seconds=2), "files_gate": asyncio.Event()},
     ),
+    # issue 11.3: a last copy built, then deleted after the files
+    "copied_then_cancelled": (copied_then_cancelled, {}),
+    # a copy that never finishes: stopped at its deadline, the deletion goes on
+    "copy_too_late": (
+        copy_too_late,
+        {"check": accepted_check(archive_deadline_seconds=2), "archive_gate": asyncio.Event()},
+    ),
 }
 
 
-async def record(client: Client, suffix: str) -> list[Path]:
+async def record(client: Client, suffix: str, only: set[str] | None = None) -> list[Path]:
     written = []
     for name, (scenario, setup) in SCENARIOS.items():
+        if only is not None and name not in only:
+            continue
         fakes = FakeActivities(**setup)  # type: ignore[arg-type]
         queue = f"histories-{uuid.uuid4()}"
         async with Worker(
@@ -154,10 +182,12 @@ async def record(client: Client, suffix: str) -> list[Path]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suffix", default="", help="appended to each file name, e.g. v1")
+    parser.add_argument("--only", default="", help="comma-separated scenarios (default: all)")
     args = parser.parse_args()
+    only = {name for name in args.only.split(",") if name} or None
     env = await start_local()
     try:
-        await record(env.client, args.suffix)
+        await record(env.client, args.suffix, only)
     finally:
         await env.shutdown()
 
