@@ -130,8 +130,8 @@ def code_mail(
 
 ARCHIVE_TEXTS: dict[ArchiveState, str] = {
     ArchiveState.FAILED: (
-        "La copia del sitio y del correo que pidió no pudo terminarse a tiempo: la baja "
-        "se completó sin ella, dentro del plazo de 24 horas, y no hay copia para descargar."
+        "La copia del sitio y del correo que pidió no pudo terminarse antes de la baja: la "
+        "baja se completó sin ella, dentro del plazo de 24 horas, y no hay copia para descargar."
     ),
     ArchiveState.EXPIRED: "La copia del sitio y del correo que pidió se borró junto con todo lo demás.",
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 from bajas import texts
-from bajas.models import BillingOutcome
+from bajas.models import ArchiveState, BillingOutcome
 from starter.api.panel_ui import local_time as panel_time
 
 TZ = "America/Argentina/Buenos_Aires"
@@ -43,3 +43,35 @@ def test_sla_alert_lists_the_failing_steps() -> None:
     )
     assert "42" in subject
     assert "files: attempt 7, PermissionError" in body
+
+
+def test_the_done_mail_says_how_the_last_copy_ended() -> None:
+    plain = texts.cancelled_mail(
+        name="Ana", domain="ejemplo.com.ar", outcome=BillingOutcome.NO_FURTHER_CHARGES
+    )[1]
+    assert "copia" not in plain
+    for archive, words in (
+        (ArchiveState.FAILED, "no pudo terminarse antes de la baja"),
+        (ArchiveState.EXPIRED, "se borró junto con todo lo demás"),
+    ):
+        _, body = texts.cancelled_mail(
+            name="Ana",
+            domain="ejemplo.com.ar",
+            outcome=BillingOutcome.NO_FURTHER_CHARGES,
+            archive=archive,
+        )
+        assert body.startswith(plain) and words in body
+
+
+def test_what_a_download_weighs() -> None:
+    sizes = [0, 999, 1000, 12_345, 999_999, 3_400_000, 12_000_000, 1_200_000_000]
+    assert [texts.byte_size(n) for n in sizes] == [
+        "0 bytes",
+        "999 bytes",
+        "1,0 KB",
+        "12 KB",
+        "1,0 MB",
+        "3,4 MB",
+        "12 MB",
+        "1,2 GB",
+    ]
