@@ -178,6 +178,15 @@ def archives(tmp_path: Path) -> Path:
     return tmp_path / "archives"
 
 
+@pytest.fixture
+def panel(pool: asyncpg.Pool, tmp_path: Path) -> Panel:
+    """Rows in the session's database, trees in roots of this test's own: other tests
+    read the shared roots as text."""
+    (tmp_path / "www").mkdir()
+    (tmp_path / "mail").mkdir()
+    return Panel(pool, tmp_path / "www", tmp_path / "mail")
+
+
 async def messy_service(panel: Panel) -> ServiceFixture:
     svc = await panel.service(files=0, mailboxes=2)
     assert svc.document_root is not None
