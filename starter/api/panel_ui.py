@@ -73,7 +73,7 @@ class ServiceCard:
     ended: CancellationStatus | None = None
     # What confirming would delete, said again next to the button (while pending).
     mailboxes: tuple[str, ...] = ()
-    # The last copy of a cancellation in progress, with its link's token.
+    # The link of the last copy of a cancellation in progress (its token).
     copy: ArchiveLink | None = None
 
     @property
@@ -119,7 +119,8 @@ class ServiceCard:
     @property
     def copy_state(self) -> str | None:
         """building, ready, failed or expired; None when no copy was asked for."""
-        return self.copy.archive.state.value if self.copy is not None else None
+        archive = self.status.archive if self.status is not None else None
+        return archive.state.value if archive is not None else None
 
     @property
     def can_request_copy(self) -> bool:
