@@ -19,6 +19,7 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+from activities.archive import ArchiveActivities
 from activities.billing import BillingActivities
 from activities.codes import CodeActivities
 from activities.files import FilesActivities
@@ -48,6 +49,9 @@ def node_activities_for(
     panel = PanelPaths(pool)
     threads = settings.delete_threads
     roots = {"hosting_root": settings.hosting_root, "mail_root": settings.mail_root}
+    archive = ArchiveActivities(
+        pool, settings.hosting_root, settings.mail_root, settings.archive_root, panel
+    )
     return [
         PreflightActivities(pool, **roots, panel=panel, threads=threads).preflight_paths,
         InventoryActivities(pool, **roots, threads=threads).take_inventory,
@@ -57,6 +61,8 @@ def node_activities_for(
         FilesActivities(
             pool, settings.hosting_root, panel=panel, threads=threads, node=node
         ).delete_files,
+        archive.build_archive,
+        archive.delete_archive,
     ]
 
 
@@ -78,6 +84,8 @@ def activities_for(settings: Settings, pool: asyncpg.Pool) -> Sequence[Any]:
         confirmation_window=settings.confirmation_window,
         sla_limit=settings.sla_limit,
         node_wait=settings.node_wait,
+        archive_ttl=settings.archive_ttl,
+        archive_deadline=settings.archive_deadline,
         limits=limits,
     )
     codes = CodeActivities(pool, settings.hmac_key(), mailer, settings.business_tz, limits)

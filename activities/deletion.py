@@ -1,4 +1,5 @@
-"""The deletion engine: one walk of a directory tree that counts, deletes or verifies it.
+"""The deletion engine: one walk of a directory tree that counts, deletes or verifies it,
+or hands it entry by entry to a reader (the last copy's archive).
 
 `shutil.rmtree` and path-based walks recurse (RecursionError past ~1,000 levels), build
 paths (ENAMETOOLONG past PATH_MAX) and walk into bind mounts, which `st_dev` does not
@@ -22,6 +23,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Protocol
 
 from activities.paths import FileId, UnsafePath
 
@@ -95,6 +97,23 @@ class Stopped(Exception):
     """The stop event ended the walk at a safe point; calling again finishes the work."""
 
 
+class Reader(Protocol):
+    """What `read_tree` hands the entries to, one at a time, each directory before what
+    it holds. `names` are the entry's names below the top, `()` for the top itself
+    (str with surrogate escapes: any byte round-trips). An exception from a reader
+    ends the walk and is raised by `read_tree`; so a reader keeps OSErrors of its own
+    output out of it."""
+
+    def directory(self, names: tuple[str, ...], st: os.stat_result) -> None:
+        """A directory the walk entered."""
+
+    def entry(self, dir_fd: int, names: tuple[str, ...], st: os.stat_result) -> None:
+        """Anything else (`st` from lstat); `names[-1]` opens it relative to `dir_fd`."""
+
+    def skipped(self, names: tuple[str, ...], why: str) -> None:
+        """A directory not entered (another mount), or what could not be read."""
+
+
 def mounts_below(path: str) -> list[str]:
     """Every mount point at `path` or strictly below it, bind mounts included (st_dev does
     not reveal a bind mount of the same filesystem), compared on the realpath."""
@@ -151,6 +170,14 @@ def delete_tree(
     without error: `remaining(top)` is the proof that the tree is gone.
     """
     return _Walk(top, True, threads, progress, stop, protected).run().total.snapshot()
+
+
+def read_tree(top: str, reader: Reader, stop: threading.Event | None = None) -> TreeCount:
+    """Hand every entry of `top` to `reader`, in one thread, deleting nothing; returns
+    what was read. A mount below `top` is not entered but handed to `reader.skipped`,
+    as is what cannot be read; only a `top` that is itself a mount point is refused
+    (UnsafePath). A missing `top` reads nothing."""
+    return _Walk(top, False, 1, None, stop, (), reader).run().total.snapshot()
 
 
 def remaining(top: str, threads: int = 4, protected: Collection[FileId] = ()) -> TreeCount | None:
@@ -230,15 +257,19 @@ class _Walk:
         progress: Progress | None,
         stop: threading.Event | None,
         protected: Collection[FileId],
+        reader: Reader | None = None,
     ) -> None:
         if threads < 1:
             raise ValueError("threads must be at least 1")
+        if reader is not None and (delete or threads != 1):
+            raise ValueError("a reader reads in one thread and deletes nothing")
         self.top = os.path.abspath(top)
         self.delete = delete
         self.threads = threads
         self.progress = progress
         self.stop = stop or threading.Event()
         self.protected = frozenset(protected)
+        self.reader = reader
         self.total = Progress()
         self.messages = 0
         self.lock = threading.Lock()
@@ -262,10 +293,12 @@ class _Walk:
 
     def run(self) -> _Walk:
         found = mounts_below(self.top)
-        if found:
+        real = os.path.realpath(self.top)
+        # A reader is told of each mount below as the walk meets it (`_refusal`).
+        if found and (self.reader is None or real in found):
             where = (
-                f"is itself a mount point ({shown(found[0])})"
-                if os.path.realpath(self.top) == found[0]
+                f"is itself a mount point ({shown(real)})"
+                if real in found
                 else f"holds the mount point {shown(found[0])}"
                 + (f" and {len(found) - 1} more" if len(found) > 1 else "")
             )
@@ -380,6 +413,9 @@ class _Walk:
         why = self._refusal(st, _mount_id(fd))
         if why is not None:
             os.close(fd)
+            if self.reader is not None:
+                self.reader.skipped(self._names(node), why)
+                return None
             with self.lock:
                 self.refused += 1
                 if self.refused == 1:
@@ -391,6 +427,8 @@ class _Walk:
             self._track(node, fd)
         if not self.delete:
             self._add(dirs=1, bytes=st.st_size)
+        if self.reader is not None:
+            self.reader.directory(self._names(node), st)
         return fd
 
     def _refusal(self, st: os.stat_result, mount: int | None) -> str | None:
@@ -451,6 +489,8 @@ class _Walk:
             except OSError as err:
                 self._fail(err, node, name)
                 continue
+            if self.reader is not None:
+                self.reader.entry(fd, self._names(node, name), st)
             files += 1
             size += self._once(st) if st.st_nlink > 1 or self.seen else st.st_size
         if files:
@@ -578,10 +618,22 @@ class _Walk:
             self.progress.add(files, bytes, dirs)
 
     def _fail(self, err: OSError, node: _Dir, name: str | None = None) -> None:
+        if self.reader is not None:
+            self.reader.skipped(self._names(node, name), f"{type(err).__name__}: {err.strerror}")
+            return
         with self.lock:
             self.failed += 1
             if self.first_failure is None:
                 self.first_failure = (err, self._path(node, name))
+
+    def _names(self, node: _Dir, name: str | None = None) -> tuple[str, ...]:
+        """`node` (and `name` in it) as names below the top: `()` for the top itself."""
+        names = [name] if name is not None else []
+        at = node
+        while at.parent is not None and at.parent.parent is not None:
+            names.append(at.name)
+            at = at.parent
+        return tuple(reversed(names))
 
     def _path(self, node: _Dir, name: str | None = None) -> str:
         names = [name] if name is not None else []

@@ -30,6 +30,8 @@ class PanelDbActivities:
         business_tz: str,
         confirmation_window: timedelta,
         sla_limit: timedelta,
+        archive_ttl: timedelta = timedelta(days=7),
+        archive_deadline: timedelta = timedelta(hours=12),
         limits: Limits | None = None,
         node_wait: timedelta = timedelta(minutes=3),
     ) -> None:
@@ -40,6 +42,8 @@ class PanelDbActivities:
             "confirmation_window_seconds": confirmation_window.total_seconds(),
             "sla_limit_seconds": sla_limit.total_seconds(),
             "node_wait_seconds": node_wait.total_seconds(),
+            "archive_ttl_seconds": archive_ttl.total_seconds(),
+            "archive_deadline_seconds": archive_deadline.total_seconds(),
         }
 
     @activity.defn(name="check_service")

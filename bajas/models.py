@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Self, TypeVar
 
@@ -14,6 +15,9 @@ MAX_WRONG_CODES = 5
 MAX_RESENDS = 3
 # The panel's ids are PostgreSQL bigints: a larger number names no row.
 MAX_ID = 2**63 - 1
+# The token of a last copy: `secrets.token_urlsafe(32)`, 256 random bits. It names the
+# archive's file and is the secret of its download link.
+_ARCHIVE_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
 
 M = TypeVar("M", bound="BaseModel")
 
@@ -156,6 +160,48 @@ class Inventory(BaseModel):
     mailboxes: list[MailboxInventory] = Field(default_factory=list)
 
 
+def is_archive_token(token: object) -> bool:
+    return isinstance(token, str) and _ARCHIVE_TOKEN.fullmatch(token) is not None
+
+
+def archive_file_name(token: str) -> str:
+    """The archive's file in ARCHIVE_ROOT; only a well-formed token names one."""
+    if not is_archive_token(token):
+        raise ValueError("not an archive token")
+    return f"{token}.tar.zst"
+
+
+class ArchiveState(StrEnum):
+    BUILDING = "building"
+    READY = "ready"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+class ArchiveStatus(BaseModel):
+    """The last copy as `status` and the API show it: never its token or its path."""
+
+    state: ArchiveState
+    expires_at: AwareDatetime | None = None
+    bytes: int | None = None
+
+    def as_of(self, now: datetime) -> ArchiveStatus:
+        """A ready copy reads `expired` from `expires_at` on, before the workflow's own
+        timer has deleted it."""
+        if self.state is ArchiveState.READY and self.expires_at and now >= self.expires_at:
+            return self.model_copy(update={"state": ArchiveState.EXPIRED})
+        return self
+
+
+class ArchiveLink(BaseModel):
+    """What the panel needs to offer and check the download: the `archive_link` query,
+    kept out of `status`."""
+
+    customer_id: int
+    token: str
+    archive: ArchiveStatus
+
+
 # --- workflow input, messages and result -------------------------------------------
 
 
@@ -188,6 +234,14 @@ class RetryInput(BaseModel):
 
 class ResendInput(BaseModel):
     pass
+
+
+class ArchiveRequest(BaseModel):
+    """`request_archive` by the customer of the cancellation. The token is made by the
+    caller (`starter/client.py`) with `secrets`: workflow code cannot make a secret."""
+
+    customer_id: int
+    token: str
 
 
 class ConfirmResult(BaseModel):
@@ -241,6 +295,7 @@ class CancellationStatus(BaseModel):
     timeline: list[TimelineEvent] = Field(default_factory=list)
     # What confirming deletes, counted on the server that holds it; None while counting.
     inventory: Inventory | None = None
+    archive: ArchiveStatus | None = None
 
 
 class CancellationResult(BaseModel):
@@ -288,6 +343,10 @@ class ServiceCheck(BaseModel):
     # services.server: the hosting server whose node worker runs the file and mailbox
     # steps; None when the central workers reach the data.
     server: str | None = None
+    # ARCHIVE_TTL and ARCHIVE_DEADLINE: how long a last copy's link works, and how long
+    # after the confirmation the deletion waits for one still being built.
+    archive_ttl_seconds: float = 7 * 86400
+    archive_deadline_seconds: float = 12 * 3600
 
     def accepted_service(self) -> AcceptedService | None:
         """The facts of an accepted service, none missing; None for a rejection."""
@@ -309,6 +368,8 @@ class AcceptedService(BaseModel):
     sla_limit_seconds: float
     node_wait_seconds: float = 180
     server: str | None = None
+    archive_ttl_seconds: float
+    archive_deadline_seconds: float
 
     @property
     def confirmation_window(self) -> timedelta:
@@ -321,6 +382,14 @@ class AcceptedService(BaseModel):
     @property
     def node_wait(self) -> timedelta:
         return timedelta(seconds=self.node_wait_seconds)
+
+    @property
+    def archive_ttl(self) -> timedelta:
+        return timedelta(seconds=self.archive_ttl_seconds)
+
+    @property
+    def archive_deadline(self) -> timedelta:
+        return timedelta(seconds=self.archive_deadline_seconds)
 
 
 class IssueCodeInput(BaseModel):
@@ -542,7 +611,9 @@ class FinishInput(BaseModel):
 class NoticeInput(BaseModel):
     """A mail to the customer ("dado de baja") or to operations (SLA alert, with a line
     per failing step in `problems`). `term_end` is the end of the paid period the
-    deletion waited for (`end_of_term`), None when it started at confirmation."""
+    deletion waited for (`end_of_term`), None when it started at confirmation.
+    `archive`: how a last copy the customer asked for ended (`failed`: never delivered;
+    `expired`: deleted with the rest)."""
 
     kind: str
     service_id: int
@@ -550,6 +621,7 @@ class NoticeInput(BaseModel):
     billing_outcome: BillingOutcome | None = None
     problems: list[str] = Field(default_factory=list)
     term_end: AwareDatetime | None = None
+    archive: ArchiveState | None = None
 
 
 class NoticeResult(BaseModel):
@@ -593,3 +665,29 @@ class Receipt(BaseModel):
     revoked_mandate_ids: list[int]
     files: ReceiptFiles
     mailboxes: list[ReceiptMailbox]
+
+
+class ArchiveInput(BaseModel):
+    """`build_archive` and `delete_archive`: `generation` counts the copies asked for in
+    this run (a failed or expired one may be asked for again)."""
+
+    service_id: int
+    customer_id: int
+    token: str
+    generation: int = 1
+
+
+class ArchiveProgress(BaseModel):
+    """Heartbeat details of `build_archive`: bytes of the archive written so far."""
+
+    bytes: int
+
+
+class ArchiveResult(BaseModel):
+    bytes: int
+    files: int
+    skipped: int
+
+
+class ArchiveDeleted(BaseModel):
+    deleted: bool

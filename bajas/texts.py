@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from bajas.models import BillingOutcome, Inventory, ReasonCode, Receipt
+from bajas.models import ArchiveState, BillingOutcome, Inventory, ReasonCode, Receipt
 
 OUTCOME_TEXTS: dict[BillingOutcome, str] = {
     BillingOutcome.LATE_NO_REFUND: (
@@ -215,6 +215,15 @@ def code_mail(
     return f"Código de confirmación para la baja de {domain}", "\n".join(lines)
 
 
+ARCHIVE_TEXTS: dict[ArchiveState, str] = {
+    ArchiveState.FAILED: (
+        "La copia del sitio y del correo que pidió no pudo terminarse antes de la baja: la "
+        "baja se completó sin ella, dentro del plazo de 24 horas, y no hay copia para descargar."
+    ),
+    ArchiveState.EXPIRED: "La copia del sitio y del correo que pidió se borró junto con todo lo demás.",
+}
+
+
 def cancelled_mail(
     *,
     name: str,
@@ -223,10 +232,12 @@ def cancelled_mail(
     receipt: Receipt | None,
     tz_name: str,
     term_end: datetime | None = None,
+    archive: ArchiveState | None = None,
 ) -> tuple[str, str]:
     """Subject and body of the "dado de baja" mail: the receipt, or without one (a run
     finished by a worker older than receipts) the outcome alone; `term_end` when the
-    deletion waited for the end of the term."""
+    deletion waited for the end of the term; `archive`, how a last copy the customer
+    asked for ended."""
     lines = [f"Hola {name}:", "", f"El servicio {domain} fue dado de baja."]
     if term_end is not None:
         lines.append(
@@ -240,6 +251,8 @@ def cancelled_mail(
         ]
     else:
         lines += ["", receipt_text(receipt, tz_name)]
+    if archive in ARCHIVE_TEXTS:
+        lines += ["", ARCHIVE_TEXTS[archive]]
     return f"Servicio {domain} dado de baja", "\n".join(lines)
 
 

@@ -19,6 +19,10 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from bajas.models import (
+    ArchiveDeleted,
+    ArchiveInput,
+    ArchiveProgress,
+    ArchiveResult,
     BillingInput,
     BillingResult,
     DeprovisionInput,
@@ -60,6 +64,7 @@ INVENTORY = Inventory(
         for n in range(MAILBOXES)
     ],
 )
+ARCHIVE_BYTES = 4096
 
 
 def code_for(generation: int) -> str:
@@ -113,6 +118,11 @@ class FakeActivities:
     # delete_files waits on this gate when it is set to an Event
     files_gate: asyncio.Event | None = None
     files_started: asyncio.Event = field(default_factory=asyncio.Event)
+    # build_archive heartbeats until this gate is set, when it is set to an Event
+    archive_gate: asyncio.Event | None = None
+    archive_started: asyncio.Event = field(default_factory=asyncio.Event)
+    # builds that saw their cancellation
+    archive_cancelled: int = 0
     used_codes: set[tuple[int, str]] = field(default_factory=set)
     # what check_service answered, expiry filled in
     returned_checks: list[ServiceCheck] = field(default_factory=list)
@@ -149,6 +159,8 @@ class FakeActivities:
             self.delete_files,
             self.finish_cancellation,
             self.send_notice,
+            self.build_archive,
+            self.delete_archive,
         ]
 
     def _record(self, name: str, data: BaseModel) -> None:
@@ -259,3 +271,21 @@ class FakeActivities:
     async def send_notice(self, data: NoticeInput) -> NoticeResult:
         self._record("send_notice", data)
         return NoticeResult(sent=True)
+
+    @activity.defn(name="build_archive")
+    async def build_archive(self, data: ArchiveInput) -> ArchiveResult:
+        self._record("build_archive", data)
+        self.archive_started.set()
+        try:
+            while self.archive_gate is not None and not self.archive_gate.is_set():
+                activity.heartbeat(ArchiveProgress(bytes=1))
+                await asyncio.sleep(0.2)
+        except asyncio.CancelledError:
+            self.archive_cancelled += 1
+            raise
+        return ArchiveResult(bytes=ARCHIVE_BYTES, files=FILES, skipped=1)
+
+    @activity.defn(name="delete_archive")
+    async def delete_archive(self, data: ArchiveInput) -> ArchiveDeleted:
+        self._record("delete_archive", data)
+        return ArchiveDeleted(deleted=True)

@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime
 
 from bajas import texts
 from bajas.models import (
+    ArchiveState,
     BillingOutcome,
     Inventory,
     MailboxInventory,
@@ -205,4 +206,42 @@ def test_the_dates_that_matter() -> None:
     )
     assert confirmed[1:] == [
         "El borrado estará completo antes del 06/06/2026 16:44 (hora de Buenos Aires)."
+    ]
+
+
+def test_the_done_mail_says_how_the_last_copy_ended() -> None:
+    plain = texts.cancelled_mail(
+        name="Ana",
+        domain="ejemplo.com.ar",
+        outcome=BillingOutcome.NO_FURTHER_CHARGES,
+        receipt=None,
+        tz_name=TZ,
+    )[1]
+    assert "copia" not in plain
+    for archive, words in (
+        (ArchiveState.FAILED, "no pudo terminarse antes de la baja"),
+        (ArchiveState.EXPIRED, "se borró junto con todo lo demás"),
+    ):
+        _, body = texts.cancelled_mail(
+            name="Ana",
+            domain="ejemplo.com.ar",
+            outcome=BillingOutcome.NO_FURTHER_CHARGES,
+            receipt=None,
+            tz_name=TZ,
+            archive=archive,
+        )
+        assert body.startswith(plain) and words in body
+
+
+def test_what_a_download_weighs() -> None:
+    sizes = [0, 999, 1000, 12_345, 999_999, 3_400_000, 12_000_000, 1_200_000_000]
+    assert [texts.byte_size(n) for n in sizes] == [
+        "0 bytes",
+        "999 bytes",
+        "1,0 kB",
+        "12 kB",
+        "1,0 MB",
+        "3,4 MB",
+        "12 MB",
+        "1,2 GB",
     ]

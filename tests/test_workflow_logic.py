@@ -114,6 +114,7 @@ async def h(env: WorkflowEnvironment) -> AsyncIterator[Harness]:
             harness.fakes.check_gate,
             harness.fakes.inventory_gate,
             harness.fakes.files_gate,
+            harness.fakes.archive_gate,
         ):
             if gate is not None:
                 gate.set()

@@ -24,6 +24,7 @@ from temporalio.exceptions import (
 from temporalio.exceptions import TimeoutError as AttemptTimeout
 
 with workflow.unsafe.imports_passed_through():
+    from activities.archive import ArchiveActivities
     from activities.billing import BillingActivities
     from activities.codes import CodeActivities
     from activities.errors import PATH_REFUSED
@@ -37,6 +38,11 @@ with workflow.unsafe.imports_passed_through():
         MAX_RESENDS,
         MAX_WRONG_CODES,
         AcceptedService,
+        ArchiveInput,
+        ArchiveLink,
+        ArchiveRequest,
+        ArchiveState,
+        ArchiveStatus,
         BillingInput,
         BillingOutcome,
         CancellationInput,
@@ -68,6 +74,7 @@ with workflow.unsafe.imports_passed_through():
         TransitionInput,
         VerifyCodeInput,
         WithdrawInput,
+        is_archive_token,
         is_well_formed_code,
     )
     from workflows import rules
@@ -95,6 +102,7 @@ END_OF_TERM = "end-of-term"
 # The inventory before the code mail, the path preflight as its own step before
 # billing, and every step's check required before it counts as done.
 INVENTORY_AND_PREFLIGHT = "inventory-and-preflight"
+LAST_COPY = "last-copy"
 # A dead worker is noticed this fast during a deletion; progress reaches the server
 # about every 0.8 of it (the SDK throttles heartbeats).
 HEARTBEAT = timedelta(seconds=10)
@@ -134,6 +142,13 @@ STEP_SUMMARIES = {
     Step.MAILBOXES: "delete mailboxes",
     Step.FILES: "delete the site's files",
 }
+# One attempt at the last copy; before the confirmation nothing else bounds it.
+ARCHIVE_TIMEOUT = timedelta(hours=12)
+ARCHIVE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=5),
+    maximum_attempts=3,
+    non_retryable_error_types=[PATH_REFUSED],
+)
 
 
 @workflow.defn(name=WORKFLOW_TYPE)
@@ -172,6 +187,14 @@ class ServiceCancellation:
         self.inventory: Inventory | None = None
         self.inventory_task: asyncio.Task[None] | None = None
         self.checked = False
+        # The last copy (`request_archive`): its token, the build, and the task that
+        # keeps it until it expires or goes with the rest.
+        self.last_copy = False
+        self.archive: ArchiveStatus | None = None
+        self.archive_input: ArchiveInput | None = None
+        self.archive_build: workflow.ActivityHandle[Any] | None = None
+        self.archive_work: asyncio.Task[None] | None = None
+        self.archive_released = False
 
     @workflow.run
     async def run(self, data: CancellationInput) -> CancellationResult:
@@ -183,6 +206,7 @@ class ServiceCancellation:
         # Runs recorded before it carry no `effective`: they all confirm for `now`.
         self.end_of_term = workflow.patched(END_OF_TERM) and data.effective is Effective.END_OF_TERM
         self.checked = workflow.patched(INVENTORY_AND_PREFLIGHT)
+        self.last_copy = workflow.patched(LAST_COPY)
         workflow.upsert_search_attributes(
             [
                 SERVICE_ID.value_set(str(data.service_id)),
@@ -309,6 +333,45 @@ class ServiceCancellation:
         if not self.state.withdrawable:
             raise ValueError(f"cannot withdraw: the cancellation is {self.state.value}")
 
+    @workflow.update(name="request_archive")
+    def request_archive(self, data: ArchiveRequest) -> ArchiveStatus:
+        """The last copy of the site and mailboxes, built where they are; the panel
+        offers its link once it is ready."""
+        assert self.service is not None  # the validator saw to it
+        generation = self.archive_input.generation + 1 if self.archive_input else 1
+        self.archive_input = ArchiveInput(
+            service_id=self.input.service_id,
+            customer_id=self.input.customer_id,
+            token=data.token,
+            generation=generation,
+        )
+        self.archive = ArchiveStatus(state=ArchiveState.BUILDING)
+        self.archive_work = asyncio.create_task(
+            self._keep_archive(self.service, self.archive, self.archive_input)
+        )
+        self._publish()
+        return self.archive.model_copy()
+
+    @request_archive.validator
+    def _check_request_archive(self, data: ArchiveRequest) -> None:
+        if not self.last_copy:
+            raise ValueError("this cancellation started before copies could be asked for")
+        if data.customer_id != self.input.customer_id:
+            raise ValueError("not this customer's cancellation")
+        if not is_archive_token(data.token):
+            raise ValueError("the token must be 43 characters of secrets.token_urlsafe(32)")
+        if self.state is State.DEPROVISIONING or self.state.is_final:
+            raise ValueError(f"no copy once the deletion has started (state {self.state})")
+        if self.service is None:
+            raise ValueError("the service check has not finished yet")
+        if self.archive is not None and self.archive.state in (
+            ArchiveState.BUILDING,
+            ArchiveState.READY,
+        ):
+            raise ValueError(f"a copy is already {self.archive.state.value}")
+        if self.archive_work is not None and not self.archive_work.done():
+            raise ValueError("the previous copy is still being deleted")
+
     @workflow.update(name="wait_for_code")
     async def wait_for_code(self) -> CancellationStatus:
         """For update-with-start: answers once the code mail has left or the request ended."""
@@ -317,7 +380,7 @@ class ServiceCancellation:
         )
         return self.status()
 
-    # ---- the query --------------------------------------------------------------------
+    # ---- the queries ------------------------------------------------------------------
 
     @workflow.query(name="status")
     def status(self) -> CancellationStatus:
@@ -346,6 +409,19 @@ class ServiceCancellation:
             reason_code=self.input.reason_code,
             timeline=[e.model_copy() for e in self.timeline],
             inventory=self.inventory,
+            archive=self.archive.model_copy() if self.archive else None,
+        )
+
+    @workflow.query(name="archive_link")
+    def archive_link(self) -> ArchiveLink | None:
+        """The copy's token with its state, for the panel to offer and check the link;
+        kept out of `status`, which every operator tool reads."""
+        if self.archive is None or self.archive_input is None:
+            return None
+        return ArchiveLink(
+            customer_id=self.input.customer_id,
+            token=self.archive_input.token,
+            archive=self.archive.model_copy(),
         )
 
     # ---- the confirmation ---------------------------------------------------------------
@@ -572,6 +648,7 @@ class ServiceCancellation:
                 preflight=not self.checked,
             ),
         )
+        await self._archive_settled()
         await asyncio.gather(
             self._step(Step.MAILBOXES, MailboxActivities.delete_mailboxes, target),
             self._step(
@@ -580,6 +657,7 @@ class ServiceCancellation:
                 FilesInput(service_id=service_id, customer_id=customer_id),
             ),
         )
+        await self._archive_gone()
         await workflow.execute_local_activity_method(
             PanelDbActivities.finish_cancellation,
             FinishInput(
@@ -724,6 +802,90 @@ class ServiceCancellation:
             refused.status = StepStatus.PENDING
             refused.detail = None
 
+    # ---- the last copy -----------------------------------------------------------------
+
+    async def _keep_archive(
+        self, service: AcceptedService, archive: ArchiveStatus, target: ArchiveInput
+    ) -> None:
+        """Build the copy on the node that holds the data, keep it until its link expires
+        or the data goes (`_archive_gone`), then delete it; a failed build leaves none."""
+        queue = self._node_queue()
+        self.archive_build = workflow.start_activity_method(
+            ArchiveActivities.build_archive,
+            target,
+            task_queue=queue,
+            start_to_close_timeout=ARCHIVE_TIMEOUT,
+            heartbeat_timeout=HEARTBEAT,
+            retry_policy=ARCHIVE_RETRY,
+            # a build being stopped must stop writing before its file is deleted
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            summary=f"build last copy #{target.generation}",
+        )
+        try:
+            built = await self.archive_build
+        except ActivityError as err:
+            archive.state = ArchiveState.FAILED
+            workflow.logger.warning("last copy #%d failed: %s", target.generation, _one_line(err))
+        else:
+            archive.state = ArchiveState.READY
+            archive.bytes = built.bytes
+            archive.expires_at = self._archive_expiry(service)
+            self._publish()
+            try:
+                await workflow.wait_condition(
+                    lambda: self.archive_released,
+                    timeout=max(archive.expires_at - workflow.now(), timedelta(seconds=1)),
+                    timeout_summary="last copy's link expires",
+                )
+            except TimeoutError:
+                pass
+            archive.state = ArchiveState.EXPIRED
+            archive.expires_at = min(archive.expires_at, workflow.now())
+        self._publish()
+        await workflow.execute_activity_method(
+            ArchiveActivities.delete_archive,
+            target,
+            task_queue=queue,
+            start_to_close_timeout=SHORT,
+            retry_policy=RETRY,
+            summary=f"delete last copy #{target.generation}",
+        )
+
+    def _archive_expiry(self, service: AcceptedService) -> datetime:
+        """ARCHIVE_TTL from now, but never past the deletion: at the latest, the SLA
+        after the confirmation, or after the last moment to confirm."""
+        start = self.confirmed_at or (self.code.expires_at if self.code else workflow.now())
+        return min(workflow.now() + service.archive_ttl, start + service.sla_limit)
+
+    async def _archive_settled(self) -> None:
+        """Before the deletion: a copy still being built gets until ARCHIVE_DEADLINE after
+        the confirmation, well within the 24 hours; then it is stopped and fails."""
+        archive, service = self.archive, self.service
+        if archive is None or archive.state is not ArchiveState.BUILDING or service is None:
+            return
+        deadline = (self.confirmed_at or workflow.now()) + service.archive_deadline
+        try:
+            await workflow.wait_condition(
+                lambda: archive.state is not ArchiveState.BUILDING,
+                timeout=max(deadline - workflow.now(), timedelta(seconds=1)),
+                timeout_summary="deadline of the last copy",
+            )
+        except TimeoutError:
+            workflow.logger.warning("last copy not built by its deadline: stopped")
+            assert self.archive_build is not None
+            self.archive_build.cancel()
+            await workflow.wait_condition(lambda: archive.state is not ArchiveState.BUILDING)
+
+    async def _archive_gone(self) -> None:
+        """The copy goes with the rest (a build still running is stopped first); after
+        this no archive of this run is left on disk."""
+        if self.archive_work is None:
+            return
+        self.archive_released = True
+        if self.archive_build is not None and not self.archive_build.done():
+            self.archive_build.cancel()
+        await self.archive_work
+
     async def _raise_sla_alert(self) -> None:
         self.sla_at_risk = True
         workflow.upsert_search_attributes([SLA_AT_RISK.value_set(True)])
@@ -769,6 +931,7 @@ class ServiceCancellation:
                 billing_outcome=self.billing_outcome,
                 problems=problems or [],
                 term_end=self.effective_at if self._was_scheduled() else None,
+                archive=self.archive.state if self.archive else None,
             ),
             summary=f"mail: {kind}",
         )
@@ -790,6 +953,7 @@ class ServiceCancellation:
 
     async def _result(self) -> CancellationResult:
         self._stop_inventory()
+        await self._archive_gone()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return CancellationResult(
             state=self.state,
@@ -852,6 +1016,8 @@ class ServiceCancellation:
                     f"- {step}: {progress.status.value}"
                     + (f" ({progress.detail})" if progress.detail else "")
                 )
+        if self.archive is not None:
+            lines.append(f"- last copy: {self.archive.state.value}")
         lines += self._problems()
         if self.sla_at_risk:
             lines.append("**SLA at risk**")

@@ -13,6 +13,8 @@ from fastapi.templating import Jinja2Templates
 
 from bajas import texts
 from bajas.models import (
+    ArchiveLink,
+    ArchiveState,
     BillingOutcome,
     CancellationStatus,
     Effective,
@@ -117,6 +119,8 @@ class ServiceCard:
     mailboxes: tuple[str, ...] = ()
     # The receipt of the finished cancellation (on the service's own page).
     receipt: Receipt | None = None
+    # The link of the last copy of a cancellation in progress (its token).
+    copy: ArchiveLink | None = None
 
     @property
     def state_label(self) -> str:
@@ -181,6 +185,20 @@ class ServiceCard:
     def cancellation(self) -> CancellationStatus | None:
         """The cancellation the timeline tells: the running one, or the last ended."""
         return self.status or self.ended
+
+    @property
+    def copy_state(self) -> str | None:
+        """building, ready, failed or expired; None when no copy was asked for."""
+        archive = self.status.archive if self.status is not None else None
+        return archive.state.value if archive is not None else None
+
+    @property
+    def can_request_copy(self) -> bool:
+        """Until the deletion starts, and while no copy is building or ready."""
+        return self.pending and self.copy_state not in (
+            ArchiveState.BUILDING.value,
+            ArchiveState.READY.value,
+        )
 
     @property
     def ended_note(self) -> str | None:
@@ -308,6 +326,7 @@ def make_templates() -> Jinja2Templates:
     templates.env.globals["url_for"] = template_path_for
     templates.env.filters["count_of"] = count_of
     templates.env.filters["receipt_text"] = texts.receipt_text
+    templates.env.filters["byte_size"] = texts.byte_size
     return templates
 
 
