@@ -76,6 +76,7 @@ def child(top: Path, threads: int) -> dict[str, Any]:
         "gone": remaining(str(top)) is None,
         "heartbeats": beats,
         "vmhwm_kib": _status_kib("VmHWM"),
+        "cpu_s": sum(os.times()[:2]),
     }
 
 
@@ -142,12 +143,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 "gone": engine["gone"] and not rm_top.exists(),
                 "heartbeats": engine["heartbeats"],
                 "peak_rss_kib": engine["vmhwm_kib"],
+                "engine_cpu_s": round(engine["cpu_s"], 3),
             }
             rows.append(row)
             print(
                 f"  {row['order']}: rm -rf {row['rm_rf_s']} s, engine {row['engine_s']} s"
                 f" (process {row['engine_process_s']} s), ratio {row['ratio']},"
-                f" peak RSS {row['peak_rss_kib'] / 1024:.1f} MiB, gone: {row['gone']}",
+                f" engine CPU {row['engine_cpu_s']} s, peak RSS {row['peak_rss_kib'] / 1024:.1f} MiB,"
+                f" gone: {row['gone']}",
                 flush=True,
             )
     finally:
