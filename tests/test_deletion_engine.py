@@ -349,6 +349,32 @@ def test_stop_event_stops_early_and_a_second_call_finishes(site: Path) -> None:
     assert remaining(str(site)) is None
 
 
+def test_killed_half_way_a_second_call_finishes(site: Path) -> None:
+    for d in range(50):
+        (site / f"d{d}").mkdir()
+        for n in range(20):
+            (site / f"d{d}" / f"f{n}").write_text("x")
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from activities.deletion import Progress, delete_tree
+
+        class KillAtFirstDirectory(Progress):
+            def add(self, files=0, bytes=0, dirs=0):
+                if dirs:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        delete_tree({str(site)!r}, threads=2, progress=KillAtFirstDirectory())
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, timeout=120)
+    assert done.returncode == -9
+    left = remaining(str(site))
+    assert left is not None and 0 < left.files < 1000
+    assert delete_tree(str(site)).files == left.files
+    assert remaining(str(site)) is None
+
+
 def test_descriptor_limit_256_on_a_depth_2000_tree(site: Path) -> None:
     chain(site, 2000, "d", side=True)
     script = textwrap.dedent(
