@@ -41,13 +41,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pause", type=float, default=5.0, help="seconds after each sync")
     p.add_argument("--workdir", type=Path, default=None, help="where the trees go (default /tmp)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument(
+        "--inventory",
+        action="store_true",
+        help="also time count_tree on both trees before deleting them (the code mail's figures)",
+    )
     p.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--count-only", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
-def child(top: Path, threads: int) -> dict[str, Any]:
-    """In the deleting process: delete `top`, heartbeating, and say what it cost."""
-    from activities.deletion import Progress, delete_tree, remaining
+def child(top: Path, threads: int, count_only: bool = False) -> dict[str, Any]:
+    """In the deleting (or counting) process: walk `top`, heartbeating, and say what it
+    cost."""
+    from activities.deletion import Progress, count_tree, delete_tree, remaining
 
     progress = Progress()
     done = threading.Event()
@@ -63,19 +70,20 @@ def child(top: Path, threads: int) -> dict[str, Any]:
     beater.start()
     t0 = time.perf_counter()
     try:
-        deleted = delete_tree(str(top), threads, progress)
+        walked = (count_tree if count_only else delete_tree)(str(top), threads, progress)
     finally:
         seconds = time.perf_counter() - t0
         done.set()
         beater.join()
     return {
         "seconds": seconds,
-        "files": deleted.files,
-        "dirs": deleted.dirs,
-        "bytes": deleted.bytes,
+        "files": walked.files,
+        "dirs": walked.dirs,
+        "bytes": walked.bytes,
         "gone": remaining(str(top)) is None,
         "heartbeats": beats,
         "vmhwm_kib": _status_kib("VmHWM"),
+        "cpu_s": sum(os.times()[:2]),
     }
 
 
@@ -97,10 +105,11 @@ def _by_rm(top: Path) -> float:
     return time.perf_counter() - t0
 
 
-def _by_engine(top: Path, threads: int) -> dict[str, Any]:
+def _by_engine(top: Path, threads: int, count_only: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
+    command = [sys.executable, "-m", "bench.deletion", "--child", str(top), "--threads"]
     out = subprocess.run(
-        [sys.executable, "-m", "bench.deletion", "--child", str(top), "--threads", str(threads)],
+        [*command, str(threads), *(["--count-only"] if count_only else [])],
         check=True,
         capture_output=True,
         text=True,
@@ -127,6 +136,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             make_tree(engine_top, args.files, per_dir(args.files, args.dirs))
             make_tree(rm_top, args.files, per_dir(args.files, args.dirs))
             engine_first = r % 2 == 0
+            counts = []
+            if args.inventory:  # both trees, so both sides start equally warm
+                _settle(args.pause)
+                counts = [
+                    _by_engine(top, args.threads, count_only=True) for top in (engine_top, rm_top)
+                ]
             for side in ("engine", "rm") if engine_first else ("rm", "engine"):
                 _settle(args.pause)
                 if side == "rm":
@@ -144,12 +159,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 "gone": engine["gone"] and not rm_top.exists(),
                 "heartbeats": engine["heartbeats"],
                 "peak_rss_kib": engine["vmhwm_kib"],
+                "engine_cpu_s": round(engine["cpu_s"], 3),
             }
+            if counts:
+                row["count_s"] = [round(c["seconds"], 3) for c in counts]
+                row["counted_right"] = all(
+                    (c["files"], c["dirs"]) == (args.files, args.dirs + 1) for c in counts
+                )
             rows.append(row)
             print(
                 f"  {row['order']}: rm -rf {row['rm_rf_s']} s, engine {row['engine_s']} s"
                 f" (process {row['engine_process_s']} s), ratio {row['ratio']},"
-                f" peak RSS {row['peak_rss_kib'] / 1024:.1f} MiB, gone: {row['gone']}",
+                f" engine CPU {row['engine_cpu_s']} s, peak RSS {row['peak_rss_kib'] / 1024:.1f} MiB,"
+                f" gone: {row['gone']}" + (f"; count_tree {row['count_s']} s" if counts else ""),
                 flush=True,
             )
     finally:
@@ -166,7 +188,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "ratio_median": statistics.median(r["ratio"] for r in rows),
         "ratio_max": max(r["ratio"] for r in rows),
         "peak_rss_kib_max": max(r["peak_rss_kib"] for r in rows),
-        "all_gone": all(r["gone"] and r["files"] == args.files for r in rows),
+        "count_s_median": statistics.median(c for r in rows for c in r.get("count_s", [0])),
+        "all_gone": all(
+            r["gone"] and r["files"] == args.files and r.get("counted_right", True) for r in rows
+        ),
         "per_run": rows,
     }
 
@@ -174,14 +199,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child is not None:
-        print(json.dumps(child(args.child, args.threads)))
+        print(json.dumps(child(args.child, args.threads, args.count_only)))
         return 0
     results = main(args)
     print(
         f"median: rm -rf {results['rm_rf_s_median']} s, engine {results['engine_s_median']} s,"
         f" ratio {results['ratio_median']} (worst {results['ratio_max']});"
         f" peak RSS {results['peak_rss_kib_max'] / 1024:.1f} MiB;"
-        f" every tree gone: {results['all_gone']}"
+        + (f" count_tree {results['count_s_median']} s;" if args.inventory else "")
+        + f" every tree gone: {results['all_gone']}"
     )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
