@@ -100,6 +100,16 @@ def debit_warning(cutoff: date | None) -> str | None:
     )
 
 
+def billing_stays_closed(expires_on: date) -> str:
+    """After a withdrawal from a cancellation whose billing had already closed (before
+    the debit of the 1st): the site stays, the billing does not reopen."""
+    return (
+        "La facturación del servicio ya se había cerrado y queda cerrada: el servicio ya "
+        "no se renueva solo ni se debita. Para seguir usándolo después del "
+        f"{long_date(expires_on)}, renuévelo a mano."
+    )
+
+
 def code_mail(
     *,
     name: str,
@@ -172,6 +182,21 @@ def cancelled_mail(
     else:
         lines += ["", receipt_text(receipt, tz_name)]
     return f"Servicio {domain} dado de baja", "\n".join(lines)
+
+
+def withdrawn_mail(*, name: str, domain: str, term_end: datetime, tz_name: str) -> tuple[str, str]:
+    """Subject and body of the mail after a withdrawal that keeps the site but not the
+    billing, closed already before the end of the term (`term_end`)."""
+    expires_on = term_end.astimezone(ZoneInfo(tz_name)).date()
+    lines = [
+        f"Hola {name}:",
+        "",
+        f"Usted desistió de la baja del servicio {domain}: no se borra nada, el sitio y el "
+        "correo siguen funcionando.",
+        "",
+        billing_stays_closed(expires_on),
+    ]
+    return f"Desistió de la baja de {domain}: la facturación sigue cerrada", "\n".join(lines)
 
 
 def receipt_text(receipt: Receipt, tz_name: str) -> str:

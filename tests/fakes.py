@@ -72,8 +72,8 @@ def accepted_check(**overrides: Any) -> ServiceCheck:
 class Call:
     name: str
     input: Any
-    # when the server scheduled it: the test server's (skipped) time for regular
-    # activities; local activities see the wall clock
+    # when it was scheduled on the test server's (skipped) clock; a local activity's own
+    # scheduled time is the worker's wall clock, so it reads `clock` when given
     at: datetime | None = None
 
 
@@ -86,6 +86,10 @@ class FakeActivities:
     check_started: asyncio.Event = field(default_factory=asyncio.Event)
     # delete_files raises PathRefused this many times before it succeeds
     files_refusals: int = 0
+    # close_billing's preflight refuses the files step's path this many times
+    billing_refusals: int = 0
+    # close_billing fails this many times (the panel database away) before it works
+    billing_failures: int = 0
     # delete_files fails this many times on LOCKED_FILE (EPERM) before it goes on
     files_failures: int = 0
     # delete_files stops heartbeating (a dead worker, as the server sees it) this many times
@@ -131,8 +135,11 @@ class FakeActivities:
             self.send_notice,
         ]
 
-    def _record(self, name: str, data: BaseModel) -> None:
-        at = activity.info().current_attempt_scheduled_time
+    async def _record(self, name: str, data: BaseModel) -> None:
+        info = activity.info()
+        at = info.current_attempt_scheduled_time
+        if info.is_local and self.clock is not None:
+            at = await self.clock()
         self.calls.append(Call(name, data.model_copy(deep=True), at))
 
     def first_at(self, name: str) -> datetime:
@@ -142,7 +149,7 @@ class FakeActivities:
 
     @activity.defn(name="check_service")
     async def check_service(self, data: ServiceCheckInput) -> ServiceCheck:
-        self._record("check_service", data)
+        await self._record("check_service", data)
         self.check_started.set()
         if self.check_gate is not None:
             await self.check_gate.wait()
@@ -160,12 +167,12 @@ class FakeActivities:
 
     @activity.defn(name="issue_code")
     async def issue_code(self, data: IssueCodeInput) -> IssueCodeResult:
-        self._record("issue_code", data)
+        await self._record("issue_code", data)
         return IssueCodeResult(generation=data.generation, expires_at=data.expires_at)
 
     @activity.defn(name="verify_code")
     async def verify_code(self, data: VerifyCodeInput) -> VerifyCodeResult:
-        self._record("verify_code", data)
+        await self._record("verify_code", data)
         key = (data.generation, data.code)
         accepted = data.code == code_for(data.generation) and key not in self.used_codes
         if accepted:
@@ -174,21 +181,32 @@ class FakeActivities:
 
     @activity.defn(name="record_transition")
     async def record_transition(self, entry: TransitionInput) -> None:
-        self._record("record_transition", entry)
+        await self._record("record_transition", entry)
 
     @activity.defn(name="close_billing")
     async def close_billing(self, data: BillingInput) -> BillingResult:
-        self._record("close_billing", data)
+        await self._record("close_billing", data)
+        if self.billing_refusals > 0:
+            self.billing_refusals -= 1
+            raise ApplicationError(
+                "document_root /srv/otro is not inside HOSTING_ROOT",
+                "files",
+                type="PathRefused",
+                non_retryable=True,
+            )
+        if self.billing_failures > 0:
+            self.billing_failures -= 1
+            raise ConnectionError("the panel database went away")
         return BillingResult(invoices_voided=INVOICES_VOIDED, mandates_revoked=MANDATES_REVOKED)
 
     @activity.defn(name="delete_mailboxes")
     async def delete_mailboxes(self, data: DeprovisionInput) -> MailboxesResult:
-        self._record("delete_mailboxes", data)
+        await self._record("delete_mailboxes", data)
         return MailboxesResult(mailboxes_deleted=MAILBOXES, mailboxes_total=MAILBOXES)
 
     @activity.defn(name="delete_files")
     async def delete_files(self, data: DeprovisionInput) -> FilesResult:
-        self._record("delete_files", data)
+        await self._record("delete_files", data)
         self.files_started.set()
         if self.files_refusals > 0:
             self.files_refusals -= 1
@@ -214,9 +232,9 @@ class FakeActivities:
 
     @activity.defn(name="finish_cancellation")
     async def finish_cancellation(self, data: FinishInput) -> None:
-        self._record("finish_cancellation", data)
+        await self._record("finish_cancellation", data)
 
     @activity.defn(name="send_notice")
     async def send_notice(self, data: NoticeInput) -> NoticeResult:
-        self._record("send_notice", data)
+        await self._record("send_notice", data)
         return NoticeResult(sent=True)

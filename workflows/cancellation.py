@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,7 +28,13 @@ with workflow.unsafe.imports_passed_through():
     from activities.codes import CodeActivities
     from activities.errors import PATH_REFUSED
     from activities.files import FilesActivities
-    from activities.mail import KIND_CANCELLED, KIND_LOCKED, KIND_SLA_AT_RISK, NoticeActivities
+    from activities.mail import (
+        KIND_CANCELLED,
+        KIND_LOCKED,
+        KIND_SLA_AT_RISK,
+        KIND_WITHDRAWN,
+        NoticeActivities,
+    )
     from activities.mailboxes import MailboxActivities
     from activities.panel_db import PanelDbActivities
     from bajas.models import (
@@ -145,6 +151,8 @@ class ServiceCancellation:
         self.sla_at_risk = False
         # When the deletion starts, set at the confirmation (rules.effective_at).
         self.effective_at: datetime | None = None
+        # The billing step when it ran ahead of the deletion, while scheduled.
+        self.early_billing: asyncio.Task[None] | None = None
         self.timeline = [TimelineEvent(event="requested", at=self.requested_at)]
         self.retry_requested = False
         self.withdrawn_by: str | None = None
@@ -321,6 +329,7 @@ class ServiceCancellation:
             steps=self.steps.model_copy(deep=True),
             effective=self.input.effective,
             effective_at=self.effective_at or self._planned_term_end(),
+            billing_closes_at=self._billing_closes_at(),
             reason_code=self.input.reason_code,
             timeline=[e.model_copy() for e in self.timeline],
         )
@@ -401,27 +410,75 @@ class ServiceCancellation:
 
     async def _until_effective(self) -> bool:
         """Audit the confirmation; when scheduled, wait (site and mail working) until
-        `effective_at`, on a durable timer. False when the customer withdrew meanwhile."""
+        `effective_at`, on a durable timer. Billing closes first where the debit the
+        outcome cancels would reach the bank before (`_billing_closes_at`). False when the
+        customer withdrew meanwhile."""
         if self.state is State.DEPROVISIONING:
             await self._transition("confirmed", State.DEPROVISIONING)
             return True
-        assert self.effective_at is not None
+        assert self.effective_at is not None and self.billing_outcome is not None
         until = {"effective_at": self.effective_at.isoformat()}
         await self._transition("confirmed", State.SCHEDULED, details=until)
-        try:
-            await workflow.wait_condition(
-                lambda: self.state is not State.SCHEDULED,
-                timeout=max(self.effective_at - workflow.now(), timedelta(seconds=1)),
-                timeout_summary="end of term",
-            )
-        except TimeoutError:
-            pass
+        billing_at = self._billing_closes_at()
+        if (
+            billing_at is not None
+            and billing_at < self.effective_at
+            and await self._scheduled_until(billing_at, "billing closes before the debit")
+        ):
+            # Runs beside the wait; the deprovisioning awaits it instead of a second run.
+            self.early_billing = asyncio.ensure_future(self._close_billing(self.billing_outcome))
+        await self._scheduled_until(self.effective_at, "end of term")
         if self.state is State.WITHDRAWN:
             await self._transition("withdrawn", State.WITHDRAWN, State.SCHEDULED)
+            if self.early_billing is not None and not self.early_billing.done():
+                self.early_billing.cancel()  # a failed or refused attempt changed nothing
+            if self.steps.billing.status is StepStatus.DONE:
+                await self._notice(KIND_WITHDRAWN)  # the site stays; billing stays closed
             return False
         self._set_state(State.DEPROVISIONING)
         await self._transition("term_ended", State.DEPROVISIONING, State.SCHEDULED, details=until)
         return True
+
+    async def _scheduled_until(self, at: datetime, summary: str) -> bool:
+        """Wait on a durable timer until `at`; True when still `scheduled` then."""
+        try:
+            await workflow.wait_condition(
+                lambda: self.state is not State.SCHEDULED,
+                timeout=max(at - workflow.now(), timedelta(seconds=1)),
+                timeout_summary=summary,
+            )
+        except TimeoutError:
+            pass
+        return self.state is State.SCHEDULED
+
+    def _close_billing(self, outcome: BillingOutcome) -> Coroutine[Any, Any, None]:
+        """The billing step with the effects the outcome decided at the confirmation."""
+        service_id, customer_id = self.input.service_id, self.input.customer_id
+        return self._step(
+            Step.BILLING,
+            BillingActivities.close_billing,
+            BillingInput(
+                service_id=service_id,
+                customer_id=customer_id,
+                outcome=outcome,
+                revoke_mandate=rules.revokes_mandate(outcome),
+                void_renewal_invoices=rules.voids_renewal_invoices(outcome),
+            ),
+        )
+
+    def _billing_closes_at(self) -> datetime | None:
+        """When the billing step runs (rules.billing_closes_at), once confirmed."""
+        service, outcome, confirmed_at, effective_at = (
+            self.service,
+            self.billing_outcome,
+            self.confirmed_at,
+            self.effective_at,
+        )
+        if service is None or outcome is None or confirmed_at is None or effective_at is None:
+            return None
+        return rules.billing_closes_at(
+            outcome, confirmed_at, effective_at, service.expires_on, service.business_tz
+        )
 
     def _planned_term_end(self) -> datetime | None:
         """Before the confirmation, when an `end_of_term` deletion would start."""
@@ -484,17 +541,8 @@ class ServiceCancellation:
         """Billing first, then mailboxes and files side by side, then the final mark."""
         service_id, customer_id = self.input.service_id, self.input.customer_id
         target = DeprovisionInput(service_id=service_id, customer_id=customer_id)
-        await self._step(
-            Step.BILLING,
-            BillingActivities.close_billing,
-            BillingInput(
-                service_id=service_id,
-                customer_id=customer_id,
-                outcome=outcome,
-                revoke_mandate=rules.revokes_mandate(outcome),
-                void_renewal_invoices=rules.voids_renewal_invoices(outcome),
-            ),
-        )
+        # Closed already while scheduled (or still closing): not run a second time.
+        await (self.early_billing or self._close_billing(outcome))
         await asyncio.gather(
             self._step(Step.MAILBOXES, MailboxActivities.delete_mailboxes, target),
             self._step(
@@ -703,6 +751,9 @@ class ServiceCancellation:
             )
         if self.state is State.SCHEDULED and self.effective_at is not None:
             lines.append(f"deletion scheduled for {self.effective_at:%Y-%m-%d %H:%M} UTC")
+            billing_at = self._billing_closes_at()
+            if billing_at is not None and billing_at < self.effective_at:
+                lines.append(f"billing closes {billing_at:%Y-%m-%d %H:%M} UTC, before the debit")
         if self.billing_outcome:
             lines.append(f"billing outcome: {self.billing_outcome.value}")
         for step in Step:
