@@ -100,13 +100,30 @@ def debit_warning(cutoff: date | None) -> str | None:
     )
 
 
+BILLING_CLOSED_EARLY = (
+    "La facturación ya se cerró: se revocó el débito automático, así que el débito de la "
+    "renovación no se procesa. Si desiste, el sitio y el correo siguen, pero la facturación "
+    "queda cerrada y el servicio se renueva a mano."
+)
+
+
+def billing_closes_early(closes_at: datetime, debit_on: date, tz_name: str) -> str:
+    """While a cancellation waits for the end of the term: billing closes before the
+    deletion, so that the debit of the 1st is not processed."""
+    return (
+        f"La facturación se cierra antes, el {long_time(closes_at, tz_name)}, para que el "
+        f"débito automático del {long_date(debit_on)} no se procese. Si desiste después, el "
+        "sitio y el correo siguen, pero la facturación queda cerrada."
+    )
+
+
 def billing_stays_closed(expires_on: date) -> str:
     """After a withdrawal from a cancellation whose billing had already closed (before
     the debit of the 1st): the site stays, the billing does not reopen."""
     return (
         "La facturación del servicio ya se había cerrado y queda cerrada: el servicio ya "
-        "no se renueva solo ni se debita. Para seguir usándolo después del "
-        f"{long_date(expires_on)}, renuévelo a mano."
+        f"no se renueva solo ni se debita. Vence el {long_date(expires_on)}: para seguir "
+        "usándolo, renuévelo a mano antes de esa fecha."
     )
 
 
