@@ -19,13 +19,15 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+from activities.archive import ArchiveActivities
 from activities.billing import BillingActivities
 from activities.codes import CodeActivities
 from activities.files import FilesActivities
+from activities.inventory import InventoryActivities
 from activities.mail import Mailer, NoticeActivities, SmtpSettings
 from activities.mailboxes import MailboxActivities
 from activities.panel_db import PanelDbActivities
-from activities.safety import PanelPaths
+from activities.safety import PanelPaths, PreflightActivities
 from bajas.config import ConfigError, Settings, settings_from_env
 from bajas.db import create_pool
 from bajas.limits import Limits
@@ -39,11 +41,28 @@ log = logging.getLogger("bajas.worker")
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 
 
-def node_activities_for(settings: Settings, pool: asyncpg.Pool) -> list[Any]:
-    """The steps that read or delete files and mailboxes: they run where the data is."""
+def node_activities_for(
+    settings: Settings, pool: asyncpg.Pool, node: str | None = None
+) -> list[Any]:
+    """The steps that read or delete files and mailboxes: they run where the data is
+    (`node` names the hosting server, None on a central worker)."""
+    panel = PanelPaths(pool)
+    threads = settings.delete_threads
+    roots = {"hosting_root": settings.hosting_root, "mail_root": settings.mail_root}
+    archive = ArchiveActivities(
+        pool, settings.hosting_root, settings.mail_root, settings.archive_root, panel
+    )
     return [
-        MailboxActivities(pool, settings.mail_root).delete_mailboxes,
-        FilesActivities(pool, settings.hosting_root).delete_files,
+        PreflightActivities(pool, **roots, panel=panel, threads=threads).preflight_paths,
+        InventoryActivities(pool, **roots, threads=threads).take_inventory,
+        MailboxActivities(
+            pool, settings.mail_root, panel=panel, threads=threads, node=node
+        ).delete_mailboxes,
+        FilesActivities(
+            pool, settings.hosting_root, panel=panel, threads=threads, node=node
+        ).delete_files,
+        archive.build_archive,
+        archive.delete_archive,
     ]
 
 
@@ -64,6 +83,9 @@ def activities_for(settings: Settings, pool: asyncpg.Pool) -> Sequence[Any]:
         business_tz=settings.business_tz,
         confirmation_window=settings.confirmation_window,
         sla_limit=settings.sla_limit,
+        node_wait=settings.node_wait,
+        archive_ttl=settings.archive_ttl,
+        archive_deadline=settings.archive_deadline,
         limits=limits,
     )
     codes = CodeActivities(pool, settings.hmac_key(), mailer, settings.business_tz, limits)
@@ -78,6 +100,7 @@ def activities_for(settings: Settings, pool: asyncpg.Pool) -> Sequence[Any]:
             hosting_root=settings.hosting_root,
             mail_root=settings.mail_root,
             panel=PanelPaths(pool),
+            threads=settings.delete_threads,
         ).close_billing,
         NoticeActivities(
             pool, mailer, settings.ops_email, business_tz=settings.business_tz
@@ -95,7 +118,7 @@ def build_worker(
         return Worker(
             client,
             task_queue=node_task_queue(settings.temporal_task_queue, node),
-            activities=node_activities_for(settings, pool),
+            activities=node_activities_for(settings, pool, node),
             max_concurrent_activities=settings.max_concurrent_activities,
             max_concurrent_activity_task_polls=settings.activity_task_pollers,
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,

@@ -113,6 +113,8 @@ class CodeActivities:
             debit_cutoff=data.debit_cutoff,
             preview=data.billing_preview,
             term_end=data.term_end,
+            inventory=data.inventory,
+            counting=data.counting,
         )
         del code
         await self.mailer.send(row["email"], subject, body, to_name=row["name"])

@@ -106,6 +106,7 @@ class NoticeActivities:
                 ),
                 tz_name=self.business_tz,
                 term_end=data.term_end,
+                archive=data.archive,
             )
             await self.mailer.send(row["email"], subject, body, to_name=row["name"])
         elif data.kind == KIND_LOCKED:

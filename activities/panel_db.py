@@ -30,7 +30,10 @@ class PanelDbActivities:
         business_tz: str,
         confirmation_window: timedelta,
         sla_limit: timedelta,
+        archive_ttl: timedelta = timedelta(days=7),
+        archive_deadline: timedelta = timedelta(hours=12),
         limits: Limits | None = None,
+        node_wait: timedelta = timedelta(minutes=3),
     ) -> None:
         self.pool = pool
         self.limits = limits or Limits()
@@ -38,6 +41,9 @@ class PanelDbActivities:
             "business_tz": business_tz,
             "confirmation_window_seconds": confirmation_window.total_seconds(),
             "sla_limit_seconds": sla_limit.total_seconds(),
+            "node_wait_seconds": node_wait.total_seconds(),
+            "archive_ttl_seconds": archive_ttl.total_seconds(),
+            "archive_deadline_seconds": archive_deadline.total_seconds(),
         }
 
     @activity.defn(name="check_service")

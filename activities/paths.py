@@ -44,37 +44,6 @@ def checked_target(path: str | None, root: Path, *, what: str) -> str:
     return real
 
 
-def scan_tree(top: str, dir_ids: set[FileId] | None = None) -> tuple[int, int]:
-    """Count files and directories below `top`; refuse any link that points out of it.
-
-    Runs before the first unlink, so a refused tree loses nothing. `dir_ids` collects
-    the (device, inode) of every directory below, for the sharing check.
-    """
-    files = dirs = 0
-    stack = [top]
-    prefix = top.rstrip(os.sep) + os.sep
-    while stack:
-        current = stack.pop()
-        with os.scandir(current) as entries:
-            for entry in entries:
-                if entry.is_symlink():
-                    target = _real(entry.path)
-                    if not (target == top or target.startswith(prefix)):
-                        raise UnsafePath(
-                            f"symbolic link {entry.path!r} points outside {top!r} (to {target!r})"
-                        )
-                    files += 1
-                elif entry.is_dir(follow_symlinks=False):
-                    dirs += 1
-                    stack.append(entry.path)
-                    if dir_ids is not None:
-                        st = entry.stat(follow_symlinks=False)
-                        dir_ids.add((st.st_dev, st.st_ino))
-                else:
-                    files += 1
-    return files, dirs
-
-
 def file_id(path: str) -> FileId | None:
     """The directory (or file) a path names on disk, links and `..` resolved by the
     kernel; None when nothing is there."""

@@ -1,8 +1,9 @@
 """The deletion preflight: every path a service's deprovisioning will touch, checked.
 
-Run by `close_billing` before anything changes, and again by each deletion step
-right before it deletes, so a path fixed (or broken) in between is judged as it is
-then. A refusal raises a non-retryable `PathRefused` that names the step.
+Run by `preflight_paths` (on the server that holds the data, right before billing
+closes) and again by each deletion step right before it deletes, so a path fixed (or
+broken) in between is judged as it is then. A refusal raises a non-retryable
+`PathRefused` that names the step.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+from temporalio import activity
 
+from activities.deletion import mounts_below, shown
 from activities.errors import path_refused
 from activities.paths import (
     FileId,
@@ -22,9 +25,9 @@ from activities.paths import (
     checked_target,
     file_ids,
     lexically_overlaps,
-    scan_tree,
 )
-from bajas.models import Step
+from activities.walks import Walker
+from bajas.models import PreflightInput, PreflightResult, Step
 
 # Live paths of every other service, judged by the directory each names on disk (one
 # stat, links and `..` resolved by the kernel), so two spellings of one directory count
@@ -65,13 +68,21 @@ class PanelPaths:
         return [(p, self._seen[p][1]) for p in written]
 
 
+@dataclass(frozen=True)
+class Maildir:
+    mailbox_id: int
+    address: str
+    target: str
+
+
 @dataclass
 class ServicePaths:
-    """What may be deleted: resolved targets, and the file count found by the scan."""
+    """What may be deleted: resolved targets, and the directories of other services
+    that no walk may enter (their (dev, ino); empty without the panel check)."""
 
     document_root: str | None = None
-    files: int = 0
-    maildirs: list[tuple[int, str]] = field(default_factory=list)
+    maildirs: list[Maildir] = field(default_factory=list)
+    protected: frozenset[FileId] = frozenset()
 
 
 @dataclass
@@ -79,9 +90,8 @@ class _Mine:
     step: Step
     label: str
     target: str
-    # the directories whose deletion this step implies or needs: the target, its
-    # ancestors (deleting them is never asked, but another service living there would
-    # contain ours) and everything below it
+    # the target and its ancestors: another service living at one of them would
+    # contain ours (deleting them is never asked)
     taken: set[FileId] = field(default_factory=set)
 
 
@@ -90,12 +100,19 @@ async def check_paths(
     service_id: int,
     roots: dict[Step, Path],
     panel: PanelPaths | None = None,
+    *,
+    walk: bool = False,
+    threads: int = 4,
 ) -> ServicePaths:
     """Check the paths of the steps named in `roots` ({Step.FILES: HOSTING_ROOT,
-    Step.MAILBOXES: MAIL_ROOT}); with `panel`, also that no other service shares them
-    (the preflight)."""
+    Step.MAILBOXES: MAIL_ROOT}): strictly inside their root, no mount at or below them.
+
+    With `panel`, also that no other service shares them, and their directories come
+    back as `protected`. With `walk` (the preflight), each tree is walked (by `threads`)
+    without deleting, so a directory of another service inside it, or a mount, refuses
+    now rather than half-way through the deletion."""
     try:
-        return await _check(pool, service_id, roots, panel)
+        return await _check(pool, service_id, roots, panel, threads if walk else None)
     except _Refusal as refusal:
         raise path_refused(refusal.message, refusal.step) from None
 
@@ -114,8 +131,26 @@ def _target(path: str | None, root: Path, what: str, step: Step) -> str:
         raise _Refusal(step, str(err)) from None
 
 
+def mount_refusal(label: str, target: str) -> str | None:
+    """Why `target` must not be walked because of a mount at or below it; None if none."""
+    found = mounts_below(target)
+    if not found:
+        return None
+    if found[0] == target:
+        return f"{label} is itself a mount point; deletion never enters another mount"
+    more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+    return (
+        f"{label} holds the mount point {shown(found[0])}{more};"
+        " deletion never enters another mount"
+    )
+
+
 async def _check(
-    pool: asyncpg.Pool, service_id: int, roots: dict[Step, Path], panel: PanelPaths | None
+    pool: asyncpg.Pool,
+    service_id: int,
+    roots: dict[Step, Path],
+    panel: PanelPaths | None,
+    walk_threads: int | None,
 ) -> ServicePaths:
     paths = ServicePaths()
     mine: list[_Mine] = []
@@ -130,26 +165,22 @@ async def _check(
             mine.append(_Mine(Step.FILES, f"document_root {document_root!r}", paths.document_root))
     if Step.MAILBOXES in roots:
         for row in await pool.fetch(
-            "select id, maildir from mailboxes"
+            "select id, address, maildir from mailboxes"
             " where service_id = $1 and deleted_at is null order by id",
             service_id,
         ):
             what = f"maildir of mailbox {row['id']}"
             target = _target(row["maildir"], roots[Step.MAILBOXES], what, Step.MAILBOXES)
-            paths.maildirs.append((row["id"], target))
+            paths.maildirs.append(Maildir(row["id"], row["address"], target))
             mine.append(_Mine(Step.MAILBOXES, f"{what} ({row['maildir']!r})", target))
     for item in mine:
-        item.taken |= ancestry(item.target)
-        if os.path.isdir(item.target) and not os.path.islink(item.target):
-            try:
-                files, _ = await asyncio.to_thread(scan_tree, item.target, item.taken)
-            except UnsafePath as err:
-                raise _Refusal(item.step, str(err)) from None
-            if item.step is Step.FILES:
-                paths.files = files
+        why = await asyncio.to_thread(mount_refusal, item.label, item.target)
+        if why is not None:
+            raise _Refusal(item.step, why)
     if mine and panel is not None:
         others = await panel.of_others(service_id)
         for item in mine:
+            item.taken = await asyncio.to_thread(ancestry, item.target)
             for other, other_id in others:
                 if lexically_overlaps(item.target, other) or (
                     other_id is not None and other_id in item.taken
@@ -157,4 +188,41 @@ async def _check(
                     raise _Refusal(
                         item.step, f"{item.label} is shared with another service ({other!r})"
                     )
+        paths.protected = frozenset(other_id for _, other_id in others if other_id is not None)
+    if walk_threads is not None:
+        walker = Walker(walk_threads, paths.protected)
+        for item in mine:
+            if os.path.isdir(item.target) and not os.path.islink(item.target):
+                try:
+                    await walker.count(item.target, lambda _: ())
+                except UnsafePath as err:
+                    raise _Refusal(item.step, f"{item.label}: {err}") from None
     return paths
+
+
+class PreflightActivities:
+    """The preflight as its own step: it stats and walks the service's trees, so it runs
+    on the server that holds them (`bajas worker --node`), right before billing closes."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        hosting_root: Path,
+        mail_root: Path,
+        panel: PanelPaths,
+        threads: int = 4,
+    ) -> None:
+        self.pool = pool
+        self.roots = {Step.FILES: hosting_root, Step.MAILBOXES: mail_root}
+        self.panel = panel
+        self.threads = threads
+
+    @activity.defn(name="preflight_paths")
+    async def preflight_paths(self, data: PreflightInput) -> PreflightResult:
+        """Every path inside its root, on no other mount, shared with no other service:
+        billing closes only when the data can go too. PathRefused names the step."""
+        paths = await check_paths(
+            self.pool, data.service_id, self.roots, self.panel, walk=True, threads=self.threads
+        )
+        return PreflightResult(paths=len(paths.maildirs) + (paths.document_root is not None))

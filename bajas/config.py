@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 STATE_DIR = Path(".bajas")
@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     codec_cors_origins: str = "http://localhost:8233"
     # Deprovisioning slower than this after confirmation raises the SLA alert.
     sla_limit: timedelta = timedelta(hours=20)
+    # A node step no worker has taken after this long shows its node as not answering.
+    node_wait: timedelta = timedelta(minutes=3)
     ops_email: str | None = None
     metrics_port: int | None = None
     log_format: str = Field(default="text", pattern="^(text|json)$")
@@ -72,6 +74,15 @@ class Settings(BaseSettings):
     activity_task_pollers: int = Field(default=5, ge=1)
     # Workflows kept in worker memory; more than this waiting are replayed when touched.
     max_cached_workflows: int = Field(default=2000, ge=0)
+    # Threads of the deletion engine (activities/deletion.py), per worker (contract section 8).
+    delete_threads: int = Field(default=4, ge=1)
+    # The last copy (activities/archive.py): where node workers write the archives and the
+    # API reads them (one shared volume in a fleet), how long a link works (never past
+    # the deletion), and how long after the confirmation the deletion waits for a copy
+    # still being built (well within the 24 hours, so below SLA_LIMIT).
+    archive_root: Path = STATE_DIR / "archives"
+    archive_ttl: timedelta = timedelta(days=7)
+    archive_deadline: timedelta = timedelta(hours=12)
     dev_mode: bool = Field(default=False, alias="BAJAS_DEV")
     # ---- abuse limits and the network in front of the API (docs/SECURITY.md) ----
     guess_cooldown: timedelta = timedelta(minutes=15)
@@ -107,9 +118,32 @@ class Settings(BaseSettings):
     def docs_public(self) -> bool:
         return self.dev_mode if self.api_docs is None else self.api_docs
 
-    _window = field_validator("confirmation_window", "sla_limit", mode="before")(
-        classmethod(lambda cls, v: parse_duration(v))
-    )
+    _window = field_validator(
+        "confirmation_window",
+        "sla_limit",
+        "node_wait",
+        "archive_ttl",
+        "archive_deadline",
+        mode="before",
+    )(classmethod(lambda cls, v: parse_duration(v)))
+
+    @field_validator("archive_ttl")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be positive")
+        return value
+
+    @field_validator("archive_deadline")
+    @classmethod
+    def _within_sla(cls, value: timedelta, info: ValidationInfo) -> timedelta:
+        sla_limit = info.data.get("sla_limit")
+        if value <= timedelta(0) or (sla_limit is not None and value >= sla_limit):
+            raise ValueError(
+                f"must be positive and below SLA_LIMIT ({sla_limit}): the deletion waits"
+                " for a copy being built at most this long after the confirmation"
+            )
+        return value
 
     @field_validator("business_tz")
     @classmethod

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, Field, JsonValue, ValidationError
 
@@ -14,6 +15,11 @@ MAX_WRONG_CODES = 5
 MAX_RESENDS = 3
 # The panel's ids are PostgreSQL bigints: a larger number names no row.
 MAX_ID = 2**63 - 1
+# The token of a last copy: `secrets.token_urlsafe(32)`, 256 random bits. It names the
+# archive's file and is the secret of its download link.
+_ARCHIVE_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
+
+M = TypeVar("M", bound="BaseModel")
 
 
 # What the free-text reason of a request may hold, in characters.
@@ -113,6 +119,7 @@ class StepProgress(BaseModel):
         self.total = result.total
         self.detail = result.detail
         self.error = None
+        self.verified = result.verified
 
 
 class Steps(BaseModel):
@@ -136,6 +143,63 @@ def reason_refusal(reason: str | None) -> str | None:
     if reason is not None and len(reason) > MAX_REASON_CHARS:
         return f"the reason may hold at most {MAX_REASON_CHARS} characters (it has {len(reason)})"
     return None
+
+
+class MailboxInventory(BaseModel):
+    address: str
+    messages: int
+    bytes: int
+
+
+class Inventory(BaseModel):
+    """What confirming deletes (contract section 8): the document root's files and bytes
+    (as `find TOP ! -type d | wc -l` and `du -sb TOP`), each maildir's messages and bytes."""
+
+    files: int
+    bytes: int
+    mailboxes: list[MailboxInventory] = Field(default_factory=list)
+
+
+def is_archive_token(token: object) -> bool:
+    return isinstance(token, str) and _ARCHIVE_TOKEN.fullmatch(token) is not None
+
+
+def archive_file_name(token: str) -> str:
+    """The archive's file in ARCHIVE_ROOT; only a well-formed token names one."""
+    if not is_archive_token(token):
+        raise ValueError("not an archive token")
+    return f"{token}.tar.zst"
+
+
+class ArchiveState(StrEnum):
+    BUILDING = "building"
+    READY = "ready"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+class ArchiveStatus(BaseModel):
+    """The last copy as `status` and the API show it: never its token or its path."""
+
+    state: ArchiveState
+    expires_at: AwareDatetime | None = None
+    bytes: int | None = None
+
+    def as_of(self, now: datetime) -> ArchiveStatus:
+        """A ready copy reads `expired` from `expires_at` on, before the workflow's own
+        timer has deleted it."""
+        if self.state is ArchiveState.READY and self.expires_at and now >= self.expires_at:
+            return self.model_copy(update={"state": ArchiveState.EXPIRED})
+        return self
+
+
+class ArchiveLink(BaseModel):
+    """What the panel needs to offer and check the download: the `archive_link` query,
+    kept out of `status`."""
+
+    customer_id: int
+    token: str
+    archive: ArchiveStatus
 
 
 # --- workflow input, messages and result -------------------------------------------
@@ -170,6 +234,14 @@ class RetryInput(BaseModel):
 
 class ResendInput(BaseModel):
     pass
+
+
+class ArchiveRequest(BaseModel):
+    """`request_archive` by the customer of the cancellation. The token is made by the
+    caller (`starter/client.py`) with `secrets`: workflow code cannot make a secret."""
+
+    customer_id: int
+    token: str
 
 
 class ConfirmResult(BaseModel):
@@ -224,6 +296,9 @@ class CancellationStatus(BaseModel):
     billing_closes_at: AwareDatetime | None = None
     reason_code: ReasonCode | None = None
     timeline: list[TimelineEvent] = Field(default_factory=list)
+    # What confirming deletes, counted on the server that holds it; None while counting.
+    inventory: Inventory | None = None
+    archive: ArchiveStatus | None = None
 
 
 class CancellationResult(BaseModel):
@@ -261,6 +336,9 @@ class ServiceCheck(BaseModel):
     business_tz: str = "America/Argentina/Buenos_Aires"
     confirmation_window_seconds: float = 86400
     sla_limit_seconds: float = 20 * 3600
+    # How long a step on a node's queue may wait for a worker before it shows the node
+    # as not answering (the NODE_WAIT setting; older histories lack it).
+    node_wait_seconds: float = 180
     rejection_reason: str | None = None
     domain: str | None = None
     expires_on: date | None = None
@@ -268,6 +346,10 @@ class ServiceCheck(BaseModel):
     # services.server: the hosting server whose node worker runs the file and mailbox
     # steps; None when the central workers reach the data.
     server: str | None = None
+    # ARCHIVE_TTL and ARCHIVE_DEADLINE: how long a last copy's link works, and how long
+    # after the confirmation the deletion waits for one still being built.
+    archive_ttl_seconds: float = 7 * 86400
+    archive_deadline_seconds: float = 12 * 3600
 
     def accepted_service(self) -> AcceptedService | None:
         """The facts of an accepted service, none missing; None for a rejection."""
@@ -287,6 +369,10 @@ class AcceptedService(BaseModel):
     business_tz: str
     confirmation_window_seconds: float
     sla_limit_seconds: float
+    node_wait_seconds: float = 180
+    server: str | None = None
+    archive_ttl_seconds: float
+    archive_deadline_seconds: float
 
     @property
     def confirmation_window(self) -> timedelta:
@@ -295,6 +381,18 @@ class AcceptedService(BaseModel):
     @property
     def sla_limit(self) -> timedelta:
         return timedelta(seconds=self.sla_limit_seconds)
+
+    @property
+    def node_wait(self) -> timedelta:
+        return timedelta(seconds=self.node_wait_seconds)
+
+    @property
+    def archive_ttl(self) -> timedelta:
+        return timedelta(seconds=self.archive_ttl_seconds)
+
+    @property
+    def archive_deadline(self) -> timedelta:
+        return timedelta(seconds=self.archive_deadline_seconds)
 
 
 class IssueCodeInput(BaseModel):
@@ -310,6 +408,10 @@ class IssueCodeInput(BaseModel):
     billing_preview: BillingOutcome
     debit_cutoff: date | None = None
     term_end: AwareDatetime | None = None
+    # What confirming deletes, when known; `counting` when it is still being counted
+    # (neither in inputs written before the inventory: their mail says nothing of it).
+    inventory: Inventory | None = None
+    counting: bool = False
 
 
 class IssueCodeResult(BaseModel):
@@ -357,7 +459,11 @@ class StepInput(BaseModel):
 
 
 class StepResult(BaseModel):
-    """A finished step's result, as `status` counts it."""
+    """A finished step's result, as `status` counts it. `verified`: the step's own check,
+    at the end of the same attempt, proved the resource gone (absent in results written
+    before the checks existed)."""
+
+    verified: bool = False
 
     @property
     def done(self) -> int:
@@ -374,11 +480,13 @@ class StepResult(BaseModel):
 
 class BillingInput(StepInput):
     """The billing effects are decided by the workflow (the contract's table);
-    `close_billing` carries them out."""
+    `close_billing` carries them out. `preflight`: check the paths first, as runs
+    started before `preflight_paths` existed had it (see docs/VERSIONING.md)."""
 
     outcome: BillingOutcome
     revoke_mandate: bool
     void_renewal_invoices: bool
+    preflight: bool = False
 
 
 class BillingResult(StepResult):
@@ -409,6 +517,8 @@ class DeprovisionInput(StepInput):
 class MailboxesResult(StepResult):
     mailboxes_deleted: int
     mailboxes_total: int
+    messages_deleted: int = 0
+    bytes_deleted: int = 0
 
     @property
     def done(self) -> int:
@@ -417,30 +527,51 @@ class MailboxesResult(StepResult):
 
 class FilesProgress(BaseModel):
     """Heartbeat details of the files step (and of its failures): where a next
-    attempt picks up."""
+    attempt picks up. `total`: files of the tree before its deletion began."""
 
     total: int
     deleted: int
 
 
+class FilesSizes(BaseModel):
+    """The second heartbeat detail of the files step: bytes and directories of the tree
+    before its deletion began, so a resumed attempt can tell what earlier ones deleted."""
+
+    bytes: int = 0
+    dirs: int = 0
+
+
 class FilesInput(DeprovisionInput):
-    """`resume` is where the previous attempt got to: a new activity execution gets no
-    heartbeat details of the last one, so the workflow hands them over."""
+    """`resume` (and `resume_sizes`) is where the previous attempt got to: a new activity
+    execution gets no heartbeat details of the last one, so the workflow hands them over."""
 
     resume: FilesProgress | None = None
+    resume_sizes: FilesSizes | None = None
 
     def resumed(self, details: Sequence[Any]) -> Self:
-        try:
-            progress = FilesProgress.model_validate(details[0]) if details else None
-        except ValidationError:
-            progress = None
-        return self.model_copy(update={"resume": progress}) if progress else self
+        progress = _valid(FilesProgress, details, 0)
+        if progress is None:
+            return self
+        sizes = _valid(FilesSizes, details, 1)
+        return self.model_copy(update={"resume": progress, "resume_sizes": sizes})
+
+
+def _valid(model: type[M], details: Sequence[Any], index: int) -> M | None:
+    """Detail `index` as `model`, or None: details arrive as raw JSON, maybe of another
+    version."""
+    try:
+        return model.model_validate(details[index]) if len(details) > index else None
+    except ValidationError:
+        return None
 
 
 class FilesResult(StepResult):
     files_deleted: int
     dirs_deleted: int
     resumed_from: int = 0
+    bytes_deleted: int = 0
+    # Walks of the tree: more than one when the check found it written to meanwhile.
+    walks: int = 1
 
     @property
     def done(self) -> int:
@@ -448,7 +579,28 @@ class FilesResult(StepResult):
 
     @property
     def detail(self) -> str | None:
-        return f"resumed after {self.resumed_from} files" if self.resumed_from else None
+        notes = [f"resumed after {self.resumed_from} files"] if self.resumed_from else []
+        if self.walks > 1:
+            notes.append(f"walked {self.walks} times: written to during deletion")
+        return "; ".join(notes) or None
+
+
+class InventoryInput(StepInput):
+    pass
+
+
+class InventoryResult(BaseModel):
+    inventory: Inventory
+
+
+class PreflightInput(StepInput):
+    pass
+
+
+class PreflightResult(BaseModel):
+    """How many paths were checked (the document root and each maildir)."""
+
+    paths: int
 
 
 class FinishInput(BaseModel):
@@ -462,7 +614,9 @@ class FinishInput(BaseModel):
 class NoticeInput(BaseModel):
     """A mail to the customer ("dado de baja") or to operations (SLA alert, with a line
     per failing step in `problems`). `term_end` is the end of the paid period the
-    deletion waited for (`end_of_term`), None when it started at confirmation."""
+    deletion waited for (`end_of_term`), None when it started at confirmation.
+    `archive`: how a last copy the customer asked for ended (`failed`: never delivered;
+    `expired`: deleted with the rest)."""
 
     kind: str
     service_id: int
@@ -470,6 +624,7 @@ class NoticeInput(BaseModel):
     billing_outcome: BillingOutcome | None = None
     problems: list[str] = Field(default_factory=list)
     term_end: AwareDatetime | None = None
+    archive: ArchiveState | None = None
 
 
 class NoticeResult(BaseModel):
@@ -513,3 +668,29 @@ class Receipt(BaseModel):
     revoked_mandate_ids: list[int]
     files: ReceiptFiles
     mailboxes: list[ReceiptMailbox]
+
+
+class ArchiveInput(BaseModel):
+    """`build_archive` and `delete_archive`: `generation` counts the copies asked for in
+    this run (a failed or expired one may be asked for again)."""
+
+    service_id: int
+    customer_id: int
+    token: str
+    generation: int = 1
+
+
+class ArchiveProgress(BaseModel):
+    """Heartbeat details of `build_archive`: bytes of the archive written so far."""
+
+    bytes: int
+
+
+class ArchiveResult(BaseModel):
+    bytes: int
+    files: int
+    skipped: int
+
+
+class ArchiveDeleted(BaseModel):
+    deleted: bool

@@ -8,10 +8,10 @@ outcome) is computed by the caller with `workflows/rules.py` and passed in.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from bajas.models import BillingOutcome, ReasonCode, Receipt
+from bajas.models import ArchiveState, BillingOutcome, Inventory, ReasonCode, Receipt
 
 OUTCOME_TEXTS: dict[BillingOutcome, str] = {
     BillingOutcome.LATE_NO_REFUND: (
@@ -89,6 +89,63 @@ def working_until(term_end: datetime, tz_name: str) -> str:
     return f"el sitio y el correo siguen funcionando hasta el {long_time(term_end, tz_name)}"
 
 
+def inventory_text(inventory: Inventory) -> str:
+    """ "se eliminarán 12.431 archivos (1,8 GB) y 3 casillas con 5.210 mensajes (740 MB)"."""
+    parts = []
+    if inventory.files or inventory.bytes:
+        parts.append(
+            f"{count_of(inventory.files, 'archivo', 'archivos')} ({byte_size(inventory.bytes)})"
+        )
+    boxes = inventory.mailboxes
+    if boxes:
+        messages = sum(m.messages for m in boxes)
+        parts.append(
+            f"{count_of(len(boxes), 'casilla', 'casillas')} con "
+            f"{count_of(messages, 'mensaje', 'mensajes')} ({byte_size(sum(m.bytes for m in boxes))})"
+        )
+    if not parts:
+        return "no hay archivos ni correo que eliminar"
+    one = len(parts) == 1 and (inventory.files == 1 if not boxes else len(boxes) == 1)
+    return f"se {'eliminará' if one else 'eliminarán'} {' y '.join(parts)}"
+
+
+COUNTING = "contando…"
+
+
+def inventory_line(inventory: Inventory | None) -> str:
+    """The inventory as a sentence of its own, or "contando…" while it is counted."""
+    if inventory is None:
+        return COUNTING
+    text = inventory_text(inventory)
+    return f"{text[0].upper()}{text[1:]}."
+
+
+# Contract section 1, rule 5: carried out within 24 hours of the confirmation.
+DELETION_WITHIN = timedelta(hours=24)
+
+
+def key_dates(
+    *,
+    expires_on: date,
+    debit_cutoff: date | None,
+    confirmed_at: datetime | None,
+    tz_name: str,
+) -> list[str]:
+    """The dates that matter to a cancelling customer: when the service ends, the last
+    day to avoid the next automatic debit (auto-debit payers, `debit_cutoff` given
+    while it can still be avoided), and when the deletion will be done."""
+    lines = [f"El servicio termina el {short_date(expires_on)}."]
+    if debit_cutoff is not None:
+        last = debit_cutoff - timedelta(days=1)
+        lines.append(f"Último día para evitar el próximo débito automático: {short_date(last)}.")
+    if confirmed_at is None:
+        lines.append("El borrado se completa dentro de las 24 horas de confirmada la baja.")
+    else:
+        done_by = local_time(confirmed_at + DELETION_WITHIN, tz_name)
+        lines.append(f"El borrado estará completo antes del {done_by}.")
+    return lines
+
+
 def debit_warning(cutoff: date | None) -> str | None:
     """The automatic-debit warning of the customer instructions; None without a cut-off
     (a manual payer)."""
@@ -138,9 +195,12 @@ def code_mail(
     debit_cutoff: date | None,
     preview: BillingOutcome,
     term_end: datetime | None = None,
+    inventory: Inventory | None = None,
+    counting: bool = False,
 ) -> tuple[str, str]:
-    """Subject and body of the mail that carries the confirmation code; with `term_end`,
-    the deletion waits for the end of the term."""
+    """Subject and body of the mail that carries the confirmation code: with `term_end`
+    the deletion waits for the end of the term; with the inventory when it is known, or
+    a word that it is being counted."""
     deleted = (
         "Al confirmar se borrará todo el contenido del sitio y todo el correo existente, "
         "y se cerrará la facturación del servicio."
@@ -160,6 +220,15 @@ def code_mail(
         f"{local_time(expires_at, tz_name)}.",
         "",
         deleted,
+    ]
+    if inventory is not None:
+        lines.append(f"En total {inventory_text(inventory)}.")
+    elif counting:
+        lines.append(
+            "Todavía estamos contando los archivos y los mensajes que se eliminarán; "
+            "el panel muestra el total apenas lo tengamos."
+        )
+    lines += [
         f"Facturación: {outcome_text(preview)}",
         f"Vencimiento del servicio: {short_date(expires_on)}.",
     ]
@@ -173,6 +242,15 @@ def code_mail(
     return f"Código de confirmación para la baja de {domain}", "\n".join(lines)
 
 
+ARCHIVE_TEXTS: dict[ArchiveState, str] = {
+    ArchiveState.FAILED: (
+        "La copia del sitio y del correo que pidió no pudo terminarse antes de la baja: la "
+        "baja se completó sin ella, dentro del plazo de 24 horas, y no hay copia para descargar."
+    ),
+    ArchiveState.EXPIRED: "La copia del sitio y del correo que pidió se borró junto con todo lo demás.",
+}
+
+
 def cancelled_mail(
     *,
     name: str,
@@ -181,10 +259,12 @@ def cancelled_mail(
     receipt: Receipt | None,
     tz_name: str,
     term_end: datetime | None = None,
+    archive: ArchiveState | None = None,
 ) -> tuple[str, str]:
     """Subject and body of the "dado de baja" mail: the receipt, or without one (a run
     finished by a worker older than receipts) the outcome alone; `term_end` when the
-    deletion waited for the end of the term."""
+    deletion waited for the end of the term; `archive`, how a last copy the customer
+    asked for ended."""
     lines = [f"Hola {name}:", "", f"El servicio {domain} fue dado de baja."]
     if term_end is not None:
         lines.append(
@@ -198,6 +278,8 @@ def cancelled_mail(
         ]
     else:
         lines += ["", receipt_text(receipt, tz_name)]
+    if archive in ARCHIVE_TEXTS:
+        lines += ["", ARCHIVE_TEXTS[archive]]
     return f"Servicio {domain} dado de baja", "\n".join(lines)
 
 
@@ -273,15 +355,16 @@ BYTE_UNITS = ("kB", "MB", "GB", "TB", "PB")
 
 
 def byte_size(n: int) -> str:
-    """A size as a customer reads it: "11 bytes", "1,8 GB" (decimal units, one decimal)."""
+    """A size as a customer reads it: "512 bytes", "1,8 GB", "740 MB" (decimal units,
+    one decimal below 10)."""
     if n < 1000:
         return "1 byte" if n == 1 else f"{n} bytes"
-    value, unit = n / 1000, BYTE_UNITS[0]
-    for bigger in BYTE_UNITS[1:]:
-        if round(value, 1) < 1000:
-            break
-        value, unit = value / 1000, bigger
-    return f"{value:.1f}".replace(".", ",") + f" {unit}"
+    value, unit = n / 1000, 0
+    while unit < len(BYTE_UNITS) - 1 and round(value) >= 1000:
+        value /= 1000
+        unit += 1
+    shown = f"{value:.1f}" if round(value, 1) < 10 else f"{value:.0f}"
+    return f"{shown.replace('.', ',')} {BYTE_UNITS[unit]}"
 
 
 def sla_alert_mail(

@@ -636,6 +636,11 @@ def _print_status(status: CancellationStatus, *, title: str) -> None:
         total = f"/{step.total}" if step.total is not None else ""
         detail = f" — {step.detail}" if step.detail else ""
         rows.append((f"step {name}", f"{step.status.value} {step.done}{total}{detail}"))
+    if status.archive is not None:
+        copy = status.archive
+        size = f", {copy.bytes} bytes" if copy.bytes is not None else ""
+        until = f", until {copy.expires_at:%Y-%m-%d %H:%M} UTC" if copy.expires_at else ""
+        rows.append(("last copy", f"{copy.state.value}{size}{until}"))
     for key, value in rows:
         if value is not None:
             table.add_row(key, str(value))

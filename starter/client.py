@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from datetime import timedelta
 from typing import Any
 
@@ -28,6 +29,11 @@ from temporalio.common import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from bajas.models import (
+    ArchiveLink,
+    ArchiveProgress,
+    ArchiveRequest,
+    ArchiveState,
+    ArchiveStatus,
     CancellationInput,
     CancellationResult,
     CancellationStatus,
@@ -200,11 +206,35 @@ class CancellationClient:
             ended = await self._query(self.handle(service_id))
         raise CancellationError(f"cannot withdraw: the cancellation is {ended.state.value}")
 
+    async def request_archive(self, service_id: int, customer_id: int) -> ArchiveStatus:
+        """Start the last copy of the service's site and mailboxes (`request_archive`);
+        refused once the deletion has started or while a copy is building or ready.
+        Its token, the secret of the download link, is made here."""
+        request = ArchiveRequest(customer_id=customer_id, token=secrets.token_urlsafe(32))
+        try:
+            return await self.handle(service_id).execute_update(
+                "request_archive", request, result_type=ArchiveStatus
+            )
+        except WorkflowUpdateFailedError as err:
+            raise CancellationError(_cause_message(err)) from err
+        except RPCError as err:
+            raise _rpc_error(err, service_id) from err
+
+    async def archive_link(self, service_id: int, customer_id: int) -> ArchiveLink | None:
+        """The last copy's token and state, if this customer's cancellation has one."""
+        try:
+            link = await self.handle(service_id).query("archive_link", result_type=ArchiveLink)
+        except RPCError as err:
+            raise _rpc_error(err, service_id) from err
+        return link if link is not None and link.customer_id == customer_id else None
+
     async def status(self, service_id: int) -> CancellationStatus:
-        """The `status` query, with the files step's live heartbeat progress merged in."""
+        """The `status` query, with the live heartbeat progress of the files step and of
+        a copy being built merged in."""
         handle = self.handle(service_id)
         status = await self._query(handle)
-        if status.state is State.DEPROVISIONING:
+        building = status.archive is not None and status.archive.state is ArchiveState.BUILDING
+        if status.state is State.DEPROVISIONING or building:
             await self._merge_progress(handle, status)
         return status
 
@@ -223,9 +253,12 @@ class CancellationClient:
         if description.status is not WorkflowExecutionStatus.RUNNING:
             return
         for pending in description.raw_description.pending_activities:
+            payloads = list(pending.heartbeat_details.payloads)
+            if pending.activity_type.name == "build_archive" and payloads and status.archive:
+                built = (await self.client.data_converter.decode(payloads, [ArchiveProgress]))[0]
+                status.archive.bytes = built.bytes
             if pending.activity_type.name != "delete_files":
                 continue
-            payloads = list(pending.heartbeat_details.payloads)
             if not payloads or status.steps.files.status is not StepStatus.RUNNING:
                 continue
             # through the client's converter: the details are encrypted like any payload

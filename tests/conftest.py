@@ -113,13 +113,21 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return base / "www", base / "mail"
 
 
+@pytest.fixture(scope="session")
+def archive_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ARCHIVE_ROOT of the session's workers and API (one machine: one volume)."""
+    return tmp_path_factory.mktemp("archives")
+
+
 @pytest.fixture
 def panel(pool: asyncpg.Pool, roots: tuple[Path, Path]) -> Panel:
     return Panel(pool, *roots)
 
 
 @pytest.fixture(scope="session")
-def settings(pg_url: str, mail_server: MailServer[MailSink], roots: tuple[Path, Path]) -> Settings:
+def settings(
+    pg_url: str, mail_server: MailServer[MailSink], roots: tuple[Path, Path], archive_root: Path
+) -> Settings:
     return Settings(
         temporal_task_queue=f"bajas-test-{uuid.uuid4()}",
         database_url=pg_url,
@@ -127,6 +135,7 @@ def settings(pg_url: str, mail_server: MailServer[MailSink], roots: tuple[Path, 
         smtp_port=mail_server.port,
         hosting_root=roots[0],
         mail_root=roots[1],
+        archive_root=archive_root,
         code_hmac_key="test-key-" + uuid.uuid4().hex,
         ops_email="ops@example.test",
         # production workers run unsandboxed by default; here the sandbox catches any

@@ -19,17 +19,27 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from bajas.models import (
+    ArchiveDeleted,
+    ArchiveInput,
+    ArchiveProgress,
+    ArchiveResult,
     BillingInput,
     BillingResult,
     DeprovisionInput,
     FilesResult,
     FinishInput,
+    Inventory,
+    InventoryInput,
+    InventoryResult,
     IssueCodeInput,
     IssueCodeResult,
     MailboxesResult,
+    MailboxInventory,
     NoticeInput,
     NoticeResult,
     PaymentMethod,
+    PreflightInput,
+    PreflightResult,
     ServiceCheck,
     ServiceCheckInput,
     TransitionInput,
@@ -46,6 +56,15 @@ FILES = 120
 DIRS = 7
 EXPIRES_IN = timedelta(days=400)
 LOCKED_FILE = "/srv/www/ejemplo.com.ar/locked.php"
+INVENTORY = Inventory(
+    files=FILES,
+    bytes=1_800_000,
+    mailboxes=[
+        MailboxInventory(address=f"buzon{n}@ejemplo.com.ar", messages=10, bytes=20_000)
+        for n in range(MAILBOXES)
+    ],
+)
+ARCHIVE_BYTES = 4096
 
 
 def code_for(generation: int) -> str:
@@ -94,11 +113,20 @@ class FakeActivities:
     files_failures: int = 0
     # delete_files stops heartbeating (a dead worker, as the server sees it) this many times
     files_hangs: int = 0
+    # delete_files returns this many times without its check having passed (`verified`)
+    files_unverified: int = 0
     # delete_files raises a retryable error asking for these retry delays, one per attempt
     files_retry_delays: list[timedelta] = field(default_factory=list)
+    # take_inventory waits on this gate when it is set to an Event
+    inventory_gate: asyncio.Event | None = None
     # delete_files waits on this gate when it is set to an Event
     files_gate: asyncio.Event | None = None
     files_started: asyncio.Event = field(default_factory=asyncio.Event)
+    # build_archive heartbeats until this gate is set, when it is set to an Event
+    archive_gate: asyncio.Event | None = None
+    archive_started: asyncio.Event = field(default_factory=asyncio.Event)
+    # builds that saw their cancellation
+    archive_cancelled: int = 0
     used_codes: set[tuple[int, str]] = field(default_factory=set)
     # what check_service answered, expiry filled in
     returned_checks: list[ServiceCheck] = field(default_factory=list)
@@ -128,11 +156,15 @@ class FakeActivities:
             self.issue_code,
             self.verify_code,
             self.record_transition,
+            self.take_inventory,
+            self.preflight_paths,
             self.close_billing,
             self.delete_mailboxes,
             self.delete_files,
             self.finish_cancellation,
             self.send_notice,
+            self.build_archive,
+            self.delete_archive,
         ]
 
     async def _record(self, name: str, data: BaseModel) -> None:
@@ -183,6 +215,18 @@ class FakeActivities:
     async def record_transition(self, entry: TransitionInput) -> None:
         await self._record("record_transition", entry)
 
+    @activity.defn(name="take_inventory")
+    async def take_inventory(self, data: InventoryInput) -> InventoryResult:
+        await self._record("take_inventory", data)
+        if self.inventory_gate is not None:
+            await self.inventory_gate.wait()
+        return InventoryResult(inventory=INVENTORY)
+
+    @activity.defn(name="preflight_paths")
+    async def preflight_paths(self, data: PreflightInput) -> PreflightResult:
+        await self._record("preflight_paths", data)
+        return PreflightResult(paths=1 + MAILBOXES)
+
     @activity.defn(name="close_billing")
     async def close_billing(self, data: BillingInput) -> BillingResult:
         await self._record("close_billing", data)
@@ -197,12 +241,16 @@ class FakeActivities:
         if self.billing_failures > 0:
             self.billing_failures -= 1
             raise ConnectionError("the panel database went away")
-        return BillingResult(invoices_voided=INVOICES_VOIDED, mandates_revoked=MANDATES_REVOKED)
+        return BillingResult(
+            invoices_voided=INVOICES_VOIDED, mandates_revoked=MANDATES_REVOKED, verified=True
+        )
 
     @activity.defn(name="delete_mailboxes")
     async def delete_mailboxes(self, data: DeprovisionInput) -> MailboxesResult:
         await self._record("delete_mailboxes", data)
-        return MailboxesResult(mailboxes_deleted=MAILBOXES, mailboxes_total=MAILBOXES)
+        return MailboxesResult(
+            mailboxes_deleted=MAILBOXES, mailboxes_total=MAILBOXES, verified=True
+        )
 
     @activity.defn(name="delete_files")
     async def delete_files(self, data: DeprovisionInput) -> FilesResult:
@@ -228,7 +276,10 @@ class FakeActivities:
             )
         if self.files_gate is not None:
             await self.files_gate.wait()
-        return FilesResult(files_deleted=FILES, dirs_deleted=DIRS)
+        if self.files_unverified > 0:
+            self.files_unverified -= 1
+            return FilesResult(files_deleted=FILES, dirs_deleted=DIRS)
+        return FilesResult(files_deleted=FILES, dirs_deleted=DIRS, verified=True)
 
     @activity.defn(name="finish_cancellation")
     async def finish_cancellation(self, data: FinishInput) -> None:
@@ -238,3 +289,21 @@ class FakeActivities:
     async def send_notice(self, data: NoticeInput) -> NoticeResult:
         await self._record("send_notice", data)
         return NoticeResult(sent=True)
+
+    @activity.defn(name="build_archive")
+    async def build_archive(self, data: ArchiveInput) -> ArchiveResult:
+        await self._record("build_archive", data)
+        self.archive_started.set()
+        try:
+            while self.archive_gate is not None and not self.archive_gate.is_set():
+                activity.heartbeat(ArchiveProgress(bytes=1))
+                await asyncio.sleep(0.2)
+        except asyncio.CancelledError:
+            self.archive_cancelled += 1
+            raise
+        return ArchiveResult(bytes=ARCHIVE_BYTES, files=FILES, skipped=1)
+
+    @activity.defn(name="delete_archive")
+    async def delete_archive(self, data: ArchiveInput) -> ArchiveDeleted:
+        await self._record("delete_archive", data)
+        return ArchiveDeleted(deleted=True)

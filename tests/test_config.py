@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -269,6 +270,29 @@ def test_settings_from_env_reports_one_line(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(ConfigError) as caught:
         settings_from_env()
     assert str(caught.value).startswith("DB_POOL_MAX: ") and "\n" not in str(caught.value)
+
+
+def test_the_last_copy_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = Settings()
+    assert (defaults.archive_ttl, defaults.archive_deadline) == (
+        timedelta(days=7),
+        timedelta(hours=12),
+    )
+    monkeypatch.setenv("ARCHIVE_TTL", "P2D")
+    monkeypatch.setenv("ARCHIVE_DEADLINE", "3600")
+    monkeypatch.setenv("ARCHIVE_ROOT", "/srv/copias")
+    given = settings_from_env()
+    assert (given.archive_ttl, given.archive_deadline) == (timedelta(days=2), timedelta(hours=1))
+    assert given.archive_root == Path("/srv/copias")
+    # the deletion may not wait for a copy past the SLA
+    monkeypatch.setenv("ARCHIVE_DEADLINE", "PT21H")
+    with pytest.raises(ConfigError, match=r"^ARCHIVE_DEADLINE: .*below SLA_LIMIT"):
+        settings_from_env()
+    monkeypatch.setenv("SLA_LIMIT", "PT22H")
+    assert settings_from_env().archive_deadline == timedelta(hours=21)
+    monkeypatch.setenv("ARCHIVE_TTL", "0")
+    with pytest.raises(ConfigError, match="^ARCHIVE_TTL: "):
+        settings_from_env()
 
 
 @pytest.mark.parametrize(

@@ -274,7 +274,7 @@ async def assert_cancelled_once(
     }, billing
     # revoked in the very transaction that wrote the single billing_closed line
     assert mandates[0]["revoked_at"] == billing["at"]
-    assert trail["files_deleted"]["details"]["files_deleted"] == files
+    assert trail["files_deleted"]["details"]["files"] == files
     assert trail["cancelled"]["details"] == {"files_deleted": files, "mailboxes_deleted": 2}
 
     requests = await pool.fetch(
@@ -382,7 +382,7 @@ async def test_worker_killed_while_deleting_resumes_the_files_step(world: World)
     files = trail["files_deleted"]["details"]
     # the retry picked up where the killed attempt stopped, and counted what it had deleted
     assert files["resumed_from"] == deleted_before_kill > 0, files
-    assert files["files_deleted"] == n, files
+    assert files["files"] == n, files
 
     assert status.state is State.CANCELLED
     assert status.steps.files.status is StepStatus.DONE

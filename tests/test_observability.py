@@ -23,6 +23,8 @@ ACTIVITIES = {
     "issue_code",
     "verify_code",
     "record_transition",
+    "take_inventory",
+    "preflight_paths",
     "close_billing",
     "delete_mailboxes",
     "delete_files",

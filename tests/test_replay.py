@@ -13,7 +13,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 from temporalio.workflow import NondeterminismError
 
-from workflows.cancellation import END_OF_TERM, ServiceCancellation
+from workflows.cancellation import END_OF_TERM, INVENTORY_AND_PREFLIGHT, ServiceCancellation
 from workflows.sandbox import workflow_runner
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -76,6 +76,30 @@ async def test_the_end_of_term_needs_its_patch(monkeypatch: pytest.MonkeyPatch) 
         workflow_runner=UnsandboxedWorkflowRunner(),
     )
     result = await replayer.replay_workflow(
-        load(HISTORIES / "scheduled_then_cancelled-v5.json"), raise_on_replay_failure=False
+        load(HISTORIES / "scheduled_then_cancelled-v6.json"), raise_on_replay_failure=False
+    )
+    assert isinstance(result.replay_failure, NondeterminismError)
+
+
+@pytest.mark.parametrize(("history", "forced"), [("cancelled-v3", True), ("cancelled-v5", False)])
+async def test_the_inventory_and_preflight_patch_is_needed(
+    monkeypatch: pytest.MonkeyPatch, history: str, forced: bool
+) -> None:
+    """`inventory-and-preflight` adds the inventory before the code mail and the preflight
+    before billing: forced on, a run recorded before it fails to replay; forced off, one
+    recorded after it does."""
+    real = workflow.patched
+    monkeypatch.setattr(
+        workflow,
+        "patched",
+        lambda patch_id: forced if patch_id == INVENTORY_AND_PREFLIGHT else real(patch_id),
+    )
+    replayer = Replayer(
+        workflows=[ServiceCancellation],
+        data_converter=pydantic_data_converter,
+        workflow_runner=UnsandboxedWorkflowRunner(),
+    )
+    result = await replayer.replay_workflow(
+        load(HISTORIES / f"{history}.json"), raise_on_replay_failure=False
     )
     assert isinstance(result.replay_failure, NondeterminismError)

@@ -7,9 +7,12 @@ from datetime import UTC, date, datetime
 
 from bajas import texts
 from bajas.models import (
+    ArchiveState,
     BillingOutcome,
     CancellationStatus,
     Effective,
+    Inventory,
+    MailboxInventory,
     Receipt,
     ReceiptFiles,
     ReceiptMailbox,
@@ -172,6 +175,84 @@ def test_cancelled_mail_says_when_the_deletion_started() -> None:
         "Como lo pidió, el borrado empezó al final del período: el 20 de julio de 2026 a las "
         "00:00 (hora de Buenos Aires)." in later
     )
+
+
+def test_inventory_in_spanish_figures() -> None:
+    boxes = [
+        MailboxInventory(address=f"b{n}@ejemplo.com.ar", messages=m, bytes=b)
+        for n, (m, b) in enumerate([(5000, 700_000_000), (200, 30_000_000), (10, 10_000_000)])
+    ]
+    inventory = Inventory(files=12_431, bytes=1_800_000_000, mailboxes=boxes)
+    assert texts.inventory_text(inventory) == (
+        "se eliminarán 12.431 archivos (1,8 GB) y 3 casillas con 5.210 mensajes (740 MB)"
+    )
+    assert (
+        texts.inventory_line(Inventory(files=1, bytes=12)) == "Se eliminará 1 archivo (12 bytes)."
+    )
+    assert texts.inventory_line(None) == "contando…"
+    assert [texts.byte_size(n) for n in (1, 999, 1000, 9_960, 999_600, 1_250_000_000_000)] == [
+        "1 byte",
+        "999 bytes",
+        "1,0 kB",
+        "10 kB",
+        "1,0 MB",
+        "1,2 TB",
+    ]
+
+
+def test_the_dates_that_matter() -> None:
+    pending = texts.key_dates(
+        expires_on=date(2026, 7, 20), debit_cutoff=date(2026, 7, 1), confirmed_at=None, tz_name=TZ
+    )
+    assert pending == [
+        "El servicio termina el 20/07/2026.",
+        "Último día para evitar el próximo débito automático: 30/06/2026.",
+        "El borrado se completa dentro de las 24 horas de confirmada la baja.",
+    ]
+    confirmed = texts.key_dates(
+        expires_on=date(2026, 7, 20), debit_cutoff=None, confirmed_at=AT, tz_name=TZ
+    )
+    assert confirmed[1:] == [
+        "El borrado estará completo antes del 06/06/2026 16:44 (hora de Buenos Aires)."
+    ]
+
+
+def test_the_done_mail_says_how_the_last_copy_ended() -> None:
+    plain = texts.cancelled_mail(
+        name="Ana",
+        domain="ejemplo.com.ar",
+        outcome=BillingOutcome.NO_FURTHER_CHARGES,
+        receipt=None,
+        tz_name=TZ,
+    )[1]
+    assert "copia" not in plain
+    for archive, words in (
+        (ArchiveState.FAILED, "no pudo terminarse antes de la baja"),
+        (ArchiveState.EXPIRED, "se borró junto con todo lo demás"),
+    ):
+        _, body = texts.cancelled_mail(
+            name="Ana",
+            domain="ejemplo.com.ar",
+            outcome=BillingOutcome.NO_FURTHER_CHARGES,
+            receipt=None,
+            tz_name=TZ,
+            archive=archive,
+        )
+        assert body.startswith(plain) and words in body
+
+
+def test_what_a_download_weighs() -> None:
+    sizes = [0, 999, 1000, 12_345, 999_999, 3_400_000, 12_000_000, 1_200_000_000]
+    assert [texts.byte_size(n) for n in sizes] == [
+        "0 bytes",
+        "999 bytes",
+        "1,0 kB",
+        "12 kB",
+        "1,0 MB",
+        "3,4 MB",
+        "12 MB",
+        "1,2 GB",
+    ]
 
 
 # ---- billing closed before the debit of the 1st (end of term) --------------------------

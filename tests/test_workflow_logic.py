@@ -111,7 +111,12 @@ async def h(env: WorkflowEnvironment) -> AsyncIterator[Harness]:
         workflow_runner=workflow_runner(),
     ):
         yield harness
-        for gate in (harness.fakes.check_gate, harness.fakes.files_gate):
+        for gate in (
+            harness.fakes.check_gate,
+            harness.fakes.inventory_gate,
+            harness.fakes.files_gate,
+            harness.fakes.archive_gate,
+        ):
             if gate is not None:
                 gate.set()
     for handle in harness.handles:
@@ -245,6 +250,7 @@ async def test_happy_path_confirm_signal_cancels_in_order(h: Harness) -> None:
         expires_at=st.requested_at + WINDOW,
         billing_preview=BillingOutcome.DEBIT_CANCELLED,
         debit_cutoff=rules.debit_cutoff(check.expires_on),
+        inventory=fakes.INVENTORY,  # counted before the mail left
     )
     assert f.inputs("verify_code") == [
         VerifyCodeInput(generation=1, code="123456", service_id=h.service_id)

@@ -10,7 +10,7 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -24,10 +24,12 @@ from temporalio.exceptions import (
 from temporalio.exceptions import TimeoutError as AttemptTimeout
 
 with workflow.unsafe.imports_passed_through():
+    from activities.archive import ArchiveActivities
     from activities.billing import BillingActivities
     from activities.codes import CodeActivities
     from activities.errors import PATH_REFUSED
     from activities.files import FilesActivities
+    from activities.inventory import InventoryActivities
     from activities.mail import (
         KIND_CANCELLED,
         KIND_LOCKED,
@@ -37,10 +39,16 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.mailboxes import MailboxActivities
     from activities.panel_db import PanelDbActivities
+    from activities.safety import PreflightActivities
     from bajas.models import (
         MAX_RESENDS,
         MAX_WRONG_CODES,
         AcceptedService,
+        ArchiveInput,
+        ArchiveLink,
+        ArchiveRequest,
+        ArchiveState,
+        ArchiveStatus,
         BillingInput,
         BillingOutcome,
         CancellationInput,
@@ -52,9 +60,12 @@ with workflow.unsafe.imports_passed_through():
         Effective,
         FilesInput,
         FinishInput,
+        Inventory,
+        InventoryInput,
         IssueCodeInput,
         IssueCodeResult,
         NoticeInput,
+        PreflightInput,
         ResendInput,
         ResendResult,
         RetryInput,
@@ -69,6 +80,7 @@ with workflow.unsafe.imports_passed_through():
         TransitionInput,
         VerifyCodeInput,
         WithdrawInput,
+        is_archive_token,
         is_well_formed_code,
     )
     from workflows import rules
@@ -78,6 +90,7 @@ with workflow.unsafe.imports_passed_through():
         SERVICE_ID,
         SLA_AT_RISK,
         WORKFLOW_TYPE,
+        node_task_queue,
     )
 
 RETRY = RetryPolicy(
@@ -92,12 +105,20 @@ AUDIT_WRONG_CODES = "audit-wrong-codes"
 MAIL_AS_ACTIVITY = "mail-as-activity"
 LOCK_NOTICE = "lock-notice"
 END_OF_TERM = "end-of-term"
+# The inventory before the code mail, the path preflight as its own step before
+# billing, and every step's check required before it counts as done.
+INVENTORY_AND_PREFLIGHT = "inventory-and-preflight"
+LAST_COPY = "last-copy"
 # A dead worker is noticed this fast during a deletion; progress reaches the server
 # about every 0.8 of it (the SDK throttles heartbeats).
 HEARTBEAT = timedelta(seconds=10)
 # A step's attempts are run by `_step`, one activity execution each, since the workflow
 # cannot see retries done by the server: every failure then shows at once in `status`.
 ONE_ATTEMPT = RetryPolicy(maximum_attempts=1)
+# The code mail waits this long at most for the inventory.
+INVENTORY_WAIT = timedelta(seconds=3)
+# One walk of a service's trees without deleting (the inventory, the preflight).
+WALK_LIMIT = timedelta(hours=1)
 # The wait before the next attempt of a failing step: doubling, capped near a minute.
 FIRST_BACKOFF = timedelta(seconds=1)
 MAX_BACKOFF = timedelta(seconds=60)
@@ -112,6 +133,7 @@ ATTEMPT_TIMEOUTS = {
     TimeoutType.SCHEDULE_TO_START: "no worker took the attempt",
 }
 
+T = TypeVar("T")
 # An activity method of a deprovisioning step, e.g. `FilesActivities.delete_files`.
 StepActivity = Callable[[Any, Any], Awaitable[StepResult]]
 # How long one attempt of each step may take, and what the Web UI calls it. Billing
@@ -126,6 +148,13 @@ STEP_SUMMARIES = {
     Step.MAILBOXES: "delete mailboxes",
     Step.FILES: "delete the site's files",
 }
+# One attempt at the last copy; before the confirmation nothing else bounds it.
+ARCHIVE_TIMEOUT = timedelta(hours=12)
+ARCHIVE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=5),
+    maximum_attempts=3,
+    non_retryable_error_types=[PATH_REFUSED],
+)
 
 
 @workflow.defn(name=WORKFLOW_TYPE)
@@ -162,6 +191,18 @@ class ServiceCancellation:
         self.audit_wrong_codes = False
         self.mail_as_activity = False
         self.end_of_term = False
+        # What confirming deletes, once counted; the counting runs beside the code.
+        self.inventory: Inventory | None = None
+        self.inventory_task: asyncio.Task[None] | None = None
+        self.checked = False
+        # The last copy (`request_archive`): its token, the build, and the task that
+        # keeps it until it expires or goes with the rest.
+        self.last_copy = False
+        self.archive: ArchiveStatus | None = None
+        self.archive_input: ArchiveInput | None = None
+        self.archive_build: workflow.ActivityHandle[Any] | None = None
+        self.archive_work: asyncio.Task[None] | None = None
+        self.archive_released = False
 
     @workflow.run
     async def run(self, data: CancellationInput) -> CancellationResult:
@@ -172,6 +213,8 @@ class ServiceCancellation:
         lock_notice = workflow.patched(LOCK_NOTICE)
         # Runs recorded before it carry no `effective`: they all confirm for `now`.
         self.end_of_term = workflow.patched(END_OF_TERM) and data.effective is Effective.END_OF_TERM
+        self.checked = workflow.patched(INVENTORY_AND_PREFLIGHT)
+        self.last_copy = workflow.patched(LAST_COPY)
         workflow.upsert_search_attributes(
             [
                 SERVICE_ID.value_set(str(data.service_id)),
@@ -201,6 +244,9 @@ class ServiceCancellation:
             return await self._result()
 
         self.service = service
+        if self.checked:
+            self.inventory_task = asyncio.ensure_future(self._take_inventory())
+            await self._await_inventory()
         if self.state is State.AWAITING_CONFIRMATION:  # not withdrawn during the check
             async with self.code_lock:
                 await self._issue_code(service, self.requested_at + service.confirmation_window)
@@ -295,6 +341,45 @@ class ServiceCancellation:
         if not self.state.withdrawable:
             raise ValueError(f"cannot withdraw: the cancellation is {self.state.value}")
 
+    @workflow.update(name="request_archive")
+    def request_archive(self, data: ArchiveRequest) -> ArchiveStatus:
+        """The last copy of the site and mailboxes, built where they are; the panel
+        offers its link once it is ready."""
+        assert self.service is not None  # the validator saw to it
+        generation = self.archive_input.generation + 1 if self.archive_input else 1
+        self.archive_input = ArchiveInput(
+            service_id=self.input.service_id,
+            customer_id=self.input.customer_id,
+            token=data.token,
+            generation=generation,
+        )
+        self.archive = ArchiveStatus(state=ArchiveState.BUILDING)
+        self.archive_work = asyncio.create_task(
+            self._keep_archive(self.service, self.archive, self.archive_input)
+        )
+        self._publish()
+        return self.archive.model_copy()
+
+    @request_archive.validator
+    def _check_request_archive(self, data: ArchiveRequest) -> None:
+        if not self.last_copy:
+            raise ValueError("this cancellation started before copies could be asked for")
+        if data.customer_id != self.input.customer_id:
+            raise ValueError("not this customer's cancellation")
+        if not is_archive_token(data.token):
+            raise ValueError("the token must be 43 characters of secrets.token_urlsafe(32)")
+        if self.state is State.DEPROVISIONING or self.state.is_final:
+            raise ValueError(f"no copy once the deletion has started (state {self.state})")
+        if self.service is None:
+            raise ValueError("the service check has not finished yet")
+        if self.archive is not None and self.archive.state in (
+            ArchiveState.BUILDING,
+            ArchiveState.READY,
+        ):
+            raise ValueError(f"a copy is already {self.archive.state.value}")
+        if self.archive_work is not None and not self.archive_work.done():
+            raise ValueError("the previous copy is still being deleted")
+
     @workflow.update(name="wait_for_code")
     async def wait_for_code(self) -> CancellationStatus:
         """For update-with-start: answers once the code mail has left or the request ended."""
@@ -303,7 +388,7 @@ class ServiceCancellation:
         )
         return self.status()
 
-    # ---- the query --------------------------------------------------------------------
+    # ---- the queries ------------------------------------------------------------------
 
     @workflow.query(name="status")
     def status(self) -> CancellationStatus:
@@ -332,6 +417,20 @@ class ServiceCancellation:
             billing_closes_at=self._billing_closes_at(),
             reason_code=self.input.reason_code,
             timeline=[e.model_copy() for e in self.timeline],
+            inventory=self.inventory,
+            archive=self.archive.model_copy() if self.archive else None,
+        )
+
+    @workflow.query(name="archive_link")
+    def archive_link(self) -> ArchiveLink | None:
+        """The copy's token with its state, for the panel to offer and check the link;
+        kept out of `status`, which every operator tool reads."""
+        if self.archive is None or self.archive_input is None:
+            return None
+        return ArchiveLink(
+            customer_id=self.input.customer_id,
+            token=self.archive_input.token,
+            archive=self.archive.model_copy(),
         )
 
     # ---- the confirmation ---------------------------------------------------------------
@@ -463,6 +562,7 @@ class ServiceCancellation:
                 outcome=outcome,
                 revoke_mandate=rules.revokes_mandate(outcome),
                 void_renewal_invoices=rules.voids_renewal_invoices(outcome),
+                preflight=not self.checked,
             ),
         )
 
@@ -507,6 +607,8 @@ class ServiceCancellation:
                 billing_preview=self._outcome_at(service, self.requested_at),
                 debit_cutoff=rules.auto_debit_cutoff(service.expires_on, service.payment_method),
                 term_end=self._term_end_ahead(),
+                inventory=self.inventory,
+                counting=self._counting(),
             ),
             summary=f"mail confirmation code #{generation}",
         )
@@ -518,6 +620,57 @@ class ServiceCancellation:
         """The end of term a confirmed deletion would wait for, if still ahead."""
         planned = self._planned_term_end()
         return planned if planned is not None and planned > workflow.now() else None
+
+    # ---- the inventory --------------------------------------------------------------
+
+    async def _take_inventory(self) -> None:
+        """Count what confirming deletes, on the server that holds it. A node that takes
+        no task is asked again; any other failure leaves the inventory unknown (an unsafe
+        path is refused by the preflight after the confirmation)."""
+        while True:
+            try:
+                result = await self._on_node(
+                    InventoryActivities.take_inventory,
+                    InventoryInput(
+                        service_id=self.input.service_id, customer_id=self.input.customer_id
+                    ),
+                    start_to_close_timeout=WALK_LIMIT,
+                    retry_policy=RETRY,
+                    summary="count what the cancellation deletes",
+                )
+            except ActivityError as err:
+                if _timed_out(err, TimeoutType.SCHEDULE_TO_START):
+                    continue
+                workflow.logger.warning("inventory not taken: %s", _one_line(err))
+                return
+            self.inventory = result.inventory
+            self._publish()
+            return
+
+    async def _await_inventory(self) -> None:
+        """A few seconds for the inventory, so the code mail can carry it; a large site
+        is still being counted after them, and the mail says so."""
+        task = self.inventory_task
+        try:
+            await workflow.wait_condition(
+                lambda: (
+                    self.inventory is not None
+                    or (task is not None and task.done())
+                    or self.state is not State.AWAITING_CONFIRMATION
+                ),
+                timeout=INVENTORY_WAIT,
+                timeout_summary="inventory, before the code mail",
+            )
+        except TimeoutError:
+            pass
+
+    def _counting(self) -> bool:
+        task = self.inventory_task
+        return self.inventory is None and task is not None and not task.done()
+
+    def _stop_inventory(self) -> None:
+        if self.inventory_task is not None and not self.inventory_task.done():
+            self.inventory_task.cancel()
 
     # ---- deprovisioning -----------------------------------------------------------------
 
@@ -543,6 +696,7 @@ class ServiceCancellation:
         target = DeprovisionInput(service_id=service_id, customer_id=customer_id)
         # Closed already while scheduled (or still closing): not run a second time.
         await (self.early_billing or self._close_billing(outcome))
+        await self._archive_settled()
         await asyncio.gather(
             self._step(Step.MAILBOXES, MailboxActivities.delete_mailboxes, target),
             self._step(
@@ -551,6 +705,7 @@ class ServiceCancellation:
                 FilesInput(service_id=service_id, customer_id=customer_id),
             ),
         )
+        await self._archive_gone()
         await workflow.execute_local_activity_method(
             PanelDbActivities.finish_cancellation,
             FinishInput(
@@ -582,6 +737,10 @@ class ServiceCancellation:
             self._publish()
             try:
                 result = await self._attempt(step, activity, arg)
+                if self.checked and not result.verified:  # e.g. a worker of an older version
+                    raise ApplicationError(
+                        f"the {step} step ended without its check", type="NotVerified"
+                    )
             except (ActivityError, ApplicationError) as err:
                 if any(isinstance(c, CancelledError) for c in _causes(err)):
                     raise  # the workflow is being cancelled: not a failed attempt
@@ -589,7 +748,7 @@ class ServiceCancellation:
                 if refusal is not None:
                     await self._await_retry(step, refusal)
                     continue
-                progress.error = _one_line(err)
+                progress.error = self._error_line(err)
                 arg = arg.resumed(_left_behind(err))
                 self._publish()
                 workflow.logger.warning(
@@ -603,10 +762,19 @@ class ServiceCancellation:
             return
 
     async def _attempt(self, step: Step, activity: StepActivity, arg: StepInput) -> StepResult:
-        """One execution of a step's activity: billing is a short local one, the
-        deletions heartbeat."""
-        summary = f"{STEP_SUMMARIES[step]}, attempt {self.steps[step].attempts}"
+        """One execution of a step's activity: billing is a short local one, after the
+        path preflight on the data's server; the deletions run there and heartbeat."""
+        attempt = self.steps[step].attempts
+        summary = f"{STEP_SUMMARIES[step]}, attempt {attempt}"
         if step is Step.BILLING:
+            if self.checked:
+                await self._on_node(
+                    PreflightActivities.preflight_paths,
+                    PreflightInput(service_id=arg.service_id, customer_id=arg.customer_id),
+                    start_to_close_timeout=WALK_LIMIT,
+                    retry_policy=ONE_ATTEMPT,
+                    summary=f"check the paths before billing, attempt {attempt}",
+                )
             return await workflow.execute_local_activity_method(
                 activity,
                 arg,
@@ -614,14 +782,55 @@ class ServiceCancellation:
                 retry_policy=ONE_ATTEMPT,
                 summary=summary,
             )
-        return await workflow.execute_activity_method(
+        return await self._on_node(
             activity,
             arg,
             start_to_close_timeout=STEP_TIMEOUTS[step],
-            heartbeat_timeout=HEARTBEAT,
             retry_policy=ONE_ATTEMPT,
             summary=summary,
         )
+
+    def _node_queue(self) -> str | None:
+        """The task queue of the steps that read or delete the service's files and
+        mailboxes: its server's node worker (`bajas worker --node`), or None (this
+        workflow's queue, the central workers) when the service names no server."""
+        server = self.service.server if self.service else None
+        return node_task_queue(workflow.info().task_queue, server) if server else None
+
+    async def _on_node(
+        self,
+        activity: Callable[[Any, Any], Awaitable[T]],
+        arg: object,
+        *,
+        start_to_close_timeout: timedelta,
+        retry_policy: RetryPolicy,
+        summary: str,
+    ) -> T:
+        """Run a step that touches the service's data where the data is. A node that is
+        down holds only this service's steps: its task waits NODE_WAIT (a few minutes,
+        from the service check) for a worker, then fails as not taken (`status` names
+        the node) and is asked again."""
+        service = self.service
+        if service is None:  # never: these steps follow the service check
+            raise ApplicationError("a node step before the service check")
+        return await workflow.execute_activity_method(
+            activity,
+            arg,
+            task_queue=self._node_queue(),
+            start_to_close_timeout=start_to_close_timeout,
+            schedule_to_start_timeout=service.node_wait,
+            heartbeat_timeout=HEARTBEAT,
+            retry_policy=retry_policy,
+            summary=summary,
+        )
+
+    def _error_line(self, err: BaseException) -> str:
+        """A failed attempt in one line; a node that took no task is named."""
+        line = _one_line(err)
+        server = self.service.server if self.service else None
+        if server and _timed_out(err, TimeoutType.SCHEDULE_TO_START):
+            return f"node {server} is not answering ({line})"
+        return line
 
     async def _await_retry(self, step: Step, refusal: ApplicationError) -> None:
         """Show the refused path and wait for an operator's `retry`. The refusal names
@@ -640,6 +849,90 @@ class ServiceCancellation:
         if refused_step is not step:
             refused.status = StepStatus.PENDING
             refused.detail = None
+
+    # ---- the last copy -----------------------------------------------------------------
+
+    async def _keep_archive(
+        self, service: AcceptedService, archive: ArchiveStatus, target: ArchiveInput
+    ) -> None:
+        """Build the copy on the node that holds the data, keep it until its link expires
+        or the data goes (`_archive_gone`), then delete it; a failed build leaves none."""
+        queue = self._node_queue()
+        self.archive_build = workflow.start_activity_method(
+            ArchiveActivities.build_archive,
+            target,
+            task_queue=queue,
+            start_to_close_timeout=ARCHIVE_TIMEOUT,
+            heartbeat_timeout=HEARTBEAT,
+            retry_policy=ARCHIVE_RETRY,
+            # a build being stopped must stop writing before its file is deleted
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            summary=f"build last copy #{target.generation}",
+        )
+        try:
+            built = await self.archive_build
+        except ActivityError as err:
+            archive.state = ArchiveState.FAILED
+            workflow.logger.warning("last copy #%d failed: %s", target.generation, _one_line(err))
+        else:
+            archive.state = ArchiveState.READY
+            archive.bytes = built.bytes
+            archive.expires_at = self._archive_expiry(service)
+            self._publish()
+            try:
+                await workflow.wait_condition(
+                    lambda: self.archive_released,
+                    timeout=max(archive.expires_at - workflow.now(), timedelta(seconds=1)),
+                    timeout_summary="last copy's link expires",
+                )
+            except TimeoutError:
+                pass
+            archive.state = ArchiveState.EXPIRED
+            archive.expires_at = min(archive.expires_at, workflow.now())
+        self._publish()
+        await workflow.execute_activity_method(
+            ArchiveActivities.delete_archive,
+            target,
+            task_queue=queue,
+            start_to_close_timeout=SHORT,
+            retry_policy=RETRY,
+            summary=f"delete last copy #{target.generation}",
+        )
+
+    def _archive_expiry(self, service: AcceptedService) -> datetime:
+        """ARCHIVE_TTL from now, but never past the deletion: at the latest, the SLA
+        after the confirmation, or after the last moment to confirm."""
+        start = self.confirmed_at or (self.code.expires_at if self.code else workflow.now())
+        return min(workflow.now() + service.archive_ttl, start + service.sla_limit)
+
+    async def _archive_settled(self) -> None:
+        """Before the deletion: a copy still being built gets until ARCHIVE_DEADLINE after
+        the confirmation, well within the 24 hours; then it is stopped and fails."""
+        archive, service = self.archive, self.service
+        if archive is None or archive.state is not ArchiveState.BUILDING or service is None:
+            return
+        deadline = (self.confirmed_at or workflow.now()) + service.archive_deadline
+        try:
+            await workflow.wait_condition(
+                lambda: archive.state is not ArchiveState.BUILDING,
+                timeout=max(deadline - workflow.now(), timedelta(seconds=1)),
+                timeout_summary="deadline of the last copy",
+            )
+        except TimeoutError:
+            workflow.logger.warning("last copy not built by its deadline: stopped")
+            assert self.archive_build is not None
+            self.archive_build.cancel()
+            await workflow.wait_condition(lambda: archive.state is not ArchiveState.BUILDING)
+
+    async def _archive_gone(self) -> None:
+        """The copy goes with the rest (a build still running is stopped first); after
+        this no archive of this run is left on disk."""
+        if self.archive_work is None:
+            return
+        self.archive_released = True
+        if self.archive_build is not None and not self.archive_build.done():
+            self.archive_build.cancel()
+        await self.archive_work
 
     async def _raise_sla_alert(self) -> None:
         self.sla_at_risk = True
@@ -686,6 +979,7 @@ class ServiceCancellation:
                 billing_outcome=self.billing_outcome,
                 problems=problems or [],
                 term_end=self.effective_at if self._was_scheduled() else None,
+                archive=self.archive.state if self.archive else None,
             ),
             summary=f"mail: {kind}",
         )
@@ -706,6 +1000,8 @@ class ServiceCancellation:
             )
 
     async def _result(self) -> CancellationResult:
+        self._stop_inventory()
+        await self._archive_gone()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return CancellationResult(
             state=self.state,
@@ -756,6 +1052,14 @@ class ServiceCancellation:
                 lines.append(f"billing closes {billing_at:%Y-%m-%d %H:%M} UTC, before the debit")
         if self.billing_outcome:
             lines.append(f"billing outcome: {self.billing_outcome.value}")
+        if self.service is not None and self.service.server:
+            lines.append(f"files and mail on node {self.service.server}")
+        if self.inventory is not None:
+            boxes = self.inventory.mailboxes
+            lines.append(
+                f"inventory: {self.inventory.files:,} files ({self.inventory.bytes:,} bytes),"
+                f" {len(boxes)} mailboxes ({sum(m.messages for m in boxes):,} messages)"
+            )
         for step in Step:
             progress = self.steps[step]
             if progress.status is not StepStatus.PENDING:
@@ -763,6 +1067,8 @@ class ServiceCancellation:
                     f"- {step}: {progress.status.value}"
                     + (f" ({progress.detail})" if progress.detail else "")
                 )
+        if self.archive is not None:
+            lines.append(f"- last copy: {self.archive.state.value}")
         lines += self._problems()
         if self.sla_at_risk:
             lines.append("**SLA at risk**")
@@ -820,6 +1126,10 @@ def _one_line(err: BaseException) -> str:
     text = QUOTED_PATH.sub(lambda m: f"'…/{m[1].rstrip('/').rsplit('/', 1)[-1]}'", text)
     text = " ".join(text.split())
     return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 1] + "…"
+
+
+def _timed_out(err: BaseException, kind: TimeoutType) -> bool:
+    return any(isinstance(e, AttemptTimeout) and e.type == kind for e in _causes(err))
 
 
 def _left_behind(err: BaseException) -> Sequence[Any]:

@@ -9,7 +9,7 @@ import asyncpg
 
 from bajas import texts
 from bajas.config import Settings
-from bajas.models import BillingOutcome, CancellationStatus, State
+from bajas.models import ArchiveLink, BillingOutcome, CancellationStatus, State
 from starter.api import store
 from starter.api.errors import TemporalUnavailable
 from starter.api.schemas import BillingPreview, CancellationView, ServiceView
@@ -56,15 +56,38 @@ def cancellation_view(
 
 
 async def query_status(cancellations: CancellationClient, service_id: int) -> CancellationStatus:
-    """The `status` query, bounded in time; CancellationNotFound when there is no workflow."""
+    """The `status` query, bounded in time, a last copy past its expiry read as expired;
+    CancellationNotFound when there is no workflow."""
     try:
-        return await asyncio.wait_for(cancellations.status(service_id), QUERY_TIMEOUT)
+        status = await asyncio.wait_for(cancellations.status(service_id), QUERY_TIMEOUT)
     except TimeoutError as err:
         raise TemporalUnavailable("Temporal did not answer the status query in time") from err
     except CancellationNotFound:
         raise
     except CancellationError as err:
         raise TemporalUnavailable(str(err)) from err
+    if status.archive is not None:
+        status.archive = status.archive.as_of(datetime.now(UTC))
+    return status
+
+
+async def archive_link_of(
+    cancellations: CancellationClient, service: store.Service
+) -> ArchiveLink | None:
+    """The last copy of this customer's service, with its link's token; None without one."""
+    try:
+        link = await asyncio.wait_for(
+            cancellations.archive_link(service.id, service.customer_id), QUERY_TIMEOUT
+        )
+    except TimeoutError as err:
+        raise TemporalUnavailable("Temporal did not answer the archive query in time") from err
+    except CancellationNotFound:
+        return None
+    except CancellationError as err:
+        raise TemporalUnavailable(str(err)) from err
+    if link is not None:
+        link.archive = link.archive.as_of(datetime.now(UTC))
+    return link
 
 
 async def status_of(

@@ -13,6 +13,9 @@ from fastapi.templating import Jinja2Templates
 
 from bajas import texts
 from bajas.models import (
+    ArchiveLink,
+    ArchiveState,
+    BillingOutcome,
     CancellationStatus,
     Effective,
     Receipt,
@@ -23,7 +26,7 @@ from bajas.models import (
 from starter.api import store
 from starter.api.edge import from_loopback, template_path_for
 from starter.api.security import new_csrf_token
-from workflows.rules import debit_cutoff
+from workflows.rules import auto_debit_cutoff, debit_cutoff
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -116,6 +119,8 @@ class ServiceCard:
     mailboxes: tuple[str, ...] = ()
     # The receipt of the finished cancellation (on the service's own page).
     receipt: Receipt | None = None
+    # The link of the last copy of a cancellation in progress (its token).
+    copy: ArchiveLink | None = None
 
     @property
     def state_label(self) -> str:
@@ -194,6 +199,20 @@ class ServiceCard:
         return self.status or self.ended
 
     @property
+    def copy_state(self) -> str | None:
+        """building, ready, failed or expired; None when no copy was asked for."""
+        archive = self.status.archive if self.status is not None else None
+        return archive.state.value if archive is not None else None
+
+    @property
+    def can_request_copy(self) -> bool:
+        """Until the deletion starts, and while no copy is building or ready."""
+        return self.pending and self.copy_state not in (
+            ArchiveState.BUILDING.value,
+            ArchiveState.READY.value,
+        )
+
+    @property
     def ended_note(self) -> str | None:
         if self.ended is None or self.service.status == "cancelled":
             return None
@@ -214,6 +233,33 @@ class ServiceCard:
             f"Se borraron {count_of(files, 'archivo', 'archivos')} del sitio y "
             f"{count_of(mailboxes, 'buzón', 'buzones')} de correo. "
             f"Facturación: {texts.outcome_text(ended.billing_outcome)}"
+        )
+
+    @property
+    def inventory_line(self) -> str | None:
+        """What confirming deletes ("Se eliminarán 12.431 archivos (1,8 GB) y …"), or
+        "contando…" while it is counted; None when no cancellation is under way."""
+        if not (self.pending or self.deprovisioning):
+            return None
+        assert self.status is not None
+        return texts.inventory_line(self.status.inventory)
+
+    def key_dates(self, tz_name: str, outcome: BillingOutcome | None = None) -> list[str]:
+        """When the service ends, the last day to avoid the next automatic debit (while
+        confirming can still avoid it) and when the deletion will be done. `outcome`: the
+        billing preview, where no cancellation has been requested yet."""
+        status = self.status
+        if status is not None:
+            outcome = status.billing_outcome or status.billing_preview
+        avoidable = outcome is BillingOutcome.DEBIT_CANCELLED and (
+            status is None or status.confirmed_at is None
+        )
+        cutoff = auto_debit_cutoff(self.service.expires_on, self.service.payment_method)
+        return texts.key_dates(
+            expires_on=self.service.expires_on,
+            debit_cutoff=cutoff if avoidable else None,
+            confirmed_at=status.confirmed_at if status is not None else None,
+            tz_name=tz_name,
         )
 
     @property
@@ -295,6 +341,7 @@ def make_templates() -> Jinja2Templates:
     templates.env.globals["url_for"] = template_path_for
     templates.env.filters["count_of"] = count_of
     templates.env.filters["receipt_text"] = texts.receipt_text
+    templates.env.filters["byte_size"] = texts.byte_size
     return templates
 
 

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import itertools
 import os
+import secrets
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
 from bajas.models import (
+    ArchiveRequest,
     CancellationInput,
     CancellationStatus,
     ConfirmInput,
@@ -120,6 +122,24 @@ async def scheduled_then_withdrawn(handle: WorkflowHandle, fakes: FakeActivities
 
 IN_A_WEEK = date.today() + timedelta(days=7)
 
+
+async def copied_then_cancelled(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+    await _until(handle, lambda s: s.code_sent)
+    await handle.execute_update(
+        "request_archive", ArchiveRequest(customer_id=7, token=secrets.token_urlsafe(32))
+    )
+    await _until(handle, lambda s: s.archive is not None and s.archive.state == "ready")
+    await handle.signal("confirm", ConfirmInput(code=code_for(1)))
+
+
+async def copy_too_late(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+    await _until(handle, lambda s: s.code_sent)
+    await handle.execute_update(
+        "request_archive", ArchiveRequest(customer_id=7, token=secrets.token_urlsafe(32))
+    )
+    await handle.signal("confirm", ConfirmInput(code=code_for(1)))
+
+
 SCENARIOS: dict[str, tuple[Scenario, dict[str, object]]] = {
     "cancelled": (cancelled, {}),
     "resent_then_cancelled": (resent_then_cancelled, {}),
@@ -144,6 +164,13 @@ SCENARIOS: dict[str, tuple[Scenario, dict[str, object]]] = {
     "scheduled_then_withdrawn": (
         scheduled_then_withdrawn,
         {"check": accepted_check(expires_on=IN_A_WEEK)},
+    ),
+    # issue 11.3: a last copy built, then deleted after the files
+    "copied_then_cancelled": (copied_then_cancelled, {}),
+    # a copy that never finishes: stopped at its deadline, the deletion goes on
+    "copy_too_late": (
+        copy_too_late,
+        {"check": accepted_check(archive_deadline_seconds=2), "archive_gate": asyncio.Event()},
     ),
 }
 # What a scenario's request carries besides the ids.

@@ -1,5 +1,5 @@
 """The cancellation of one service: request, confirm, resend, withdraw, status (contract 5),
-and the receipt once it is done (contract 8).
+and the receipt once it is done, and its last copy (contract 8).
 
 Every route first finds the service in the panel database as this customer's (404
 otherwise, the same for a missing service and a stranger's), then talks to Temporal.
@@ -17,7 +17,7 @@ from temporalio.service import RPCError
 
 from bajas import texts
 from bajas.limits import is_limit_rejection, request_refusal, resend_refusal
-from bajas.models import CancellationStatus, Receipt, State
+from bajas.models import ArchiveStatus, CancellationStatus, Receipt, State
 from bajas.receipts import stored_receipt
 from starter.api import store
 from starter.api.cancellations import billing_preview, cancellation_view, status_of
@@ -232,3 +232,31 @@ async def cancellation_receipt(
     if format_ == "text":
         return PlainTextResponse(texts.receipt_text(receipt, settings.business_tz) + "\n")
     return receipt
+
+
+@router.post(
+    "/archive",
+    status_code=202,
+    response_model=ArchiveStatus,
+    responses={409: {"model": ErrorBody}},
+)
+async def request_archive(service: ServiceDep, cancellations: ClientDep) -> ArchiveStatus:
+    """Start building the last copy of the site and mailboxes; 409 once the deletion has
+    started or while a copy is building or ready. The customer downloads it in the panel."""
+    if await status_of(cancellations, service) is None:
+        raise _no_cancellation(service)
+    try:
+        return await cancellations.request_archive(service.id, service.customer_id)
+    except CancellationError as err:
+        raise await _refusal(cancellations, service, "cannot make a copy", err) from err
+
+
+@router.get("/archive", response_model=ArchiveStatus)
+async def archive_status(service: ServiceDep, cancellations: ClientDep) -> ArchiveStatus:
+    """The last copy: building (bytes so far), ready until expires_at, failed or expired."""
+    status = await status_of(cancellations, service)
+    if status is None:
+        raise _no_cancellation(service)
+    if status.archive is None:
+        raise ApiError(404, f"no copy was asked for in the cancellation of service {service.id}")
+    return status.archive

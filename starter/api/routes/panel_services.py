@@ -2,6 +2,7 @@
 
 Pages answer GET; every action is a POST form with the session's CSRF token that ends
 in a redirect (303) to the service's page, where a flash message says what happened.
+The last copy is downloaded here too, by the signed-in customer only.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from bajas import texts
 from bajas.config import Settings
@@ -25,15 +26,22 @@ from bajas.limits import (
 from bajas.models import (
     CODE_LENGTH,
     MAX_REASON_CHARS,
+    ArchiveState,
     Effective,
     ReasonCode,
     State,
     StepStatus,
+    archive_file_name,
     is_well_formed_code,
 )
 from bajas.receipts import stored_receipt
 from starter.api import store
-from starter.api.cancellations import billing_preview, services_with_cancellations, status_of
+from starter.api.cancellations import (
+    archive_link_of,
+    billing_preview,
+    services_with_cancellations,
+    status_of,
+)
 from starter.api.deps import (
     AppStateDep,
     ClientDep,
@@ -44,7 +52,9 @@ from starter.api.deps import (
     SignedInDep,
 )
 from starter.api.edge import path_for
+from starter.api.errors import panel_not_found
 from starter.api.panel_ui import ServiceCard, flash, local_time, render
+from starter.api.security import token_matches
 from starter.client import CancellationError, CancellationNotFound
 from workflows.rules import term_end
 
@@ -79,7 +89,8 @@ async def _card(pool: PoolDep, cancellations: ClientDep, service: store.Service)
         return ServiceCard(service, None)
     if status.state.is_final:
         return ServiceCard(service, None, ended=status)
-    return (await _with_mailboxes(pool, [ServiceCard(service, status)]))[0]
+    copy = await archive_link_of(cancellations, service) if status.archive else None
+    return (await _with_mailboxes(pool, [ServiceCard(service, status, copy=copy)]))[0]
 
 
 @router.get("/", response_class=HTMLResponse, name="services")
@@ -119,7 +130,7 @@ async def service_page(
         {
             "customer": customer,
             "card": card,
-            "refresh": card.deprovisioning,
+            "refresh": card.deprovisioning or card.copy_state == ArchiveState.BUILDING.value,
             "code_length": CODE_LENGTH,
         },
     )
@@ -368,3 +379,47 @@ async def withdraw_cancellation(
     else:
         flash(request, "Desistió de la baja. El servicio sigue como estaba.", "ok")
     return _to_service(request, service)
+
+
+@router.post("/servicios/{sid}/copia", dependencies=[CsrfDep], name="request_archive")
+async def request_archive(
+    request: Request, customer: SignedInDep, service: PanelServiceDep, cancellations: ClientDep
+) -> Response:
+    """ "Pedir una copia": the site and the mail in one file to download, before the deletion."""
+    try:
+        await cancellations.request_archive(service.id, customer.id)
+    except CancellationError:
+        flash(request, "Ya no se puede pedir una copia de este servicio.", "error")
+        return _to_service(request, service)
+    flash(
+        request,
+        "Estamos preparando la copia del sitio y del correo. Cuando esté lista, "
+        "el enlace para descargarla aparece en esta página.",
+        "ok",
+    )
+    return _to_service(request, service)
+
+
+@router.get("/servicios/{sid}/copia/{token}", name="download_archive")
+async def download_archive(
+    service: PanelServiceDep, cancellations: ClientDep, settings: SettingsDep, token: str
+) -> Response:
+    """The last copy, streamed to the signed-in customer whose service it is, while its
+    link works; anything else is the same 404."""
+    link = await archive_link_of(cancellations, service)
+    if (
+        link is None
+        or not token_matches(token, link.token)
+        or link.archive.state is not ArchiveState.READY
+    ):
+        raise panel_not_found()
+    path = settings.archive_root / archive_file_name(link.token)
+    if not path.is_file():
+        raise panel_not_found()
+    day = datetime.now(UTC).strftime("%Y%m%d")
+    return FileResponse(
+        path,
+        media_type="application/zstd",
+        filename=f"copia-{service.domain}-{day}.tar.zst",
+        headers={"Cache-Control": "no-store"},
+    )
