@@ -109,6 +109,8 @@ END_OF_TERM = "end-of-term"
 # billing, and every step's check required before it counts as done.
 INVENTORY_AND_PREFLIGHT = "inventory-and-preflight"
 LAST_COPY = "last-copy"
+# While scheduled, billing closes before the debit of the 1st when the outcome cancels it.
+END_OF_TERM_BILLING = "end-of-term-billing"
 # A dead worker is noticed this fast during a deletion; progress reaches the server
 # about every 0.8 of it (the SDK throttles heartbeats).
 HEARTBEAT = timedelta(seconds=10)
@@ -191,6 +193,7 @@ class ServiceCancellation:
         self.audit_wrong_codes = False
         self.mail_as_activity = False
         self.end_of_term = False
+        self.billing_before_debit = False
         # What confirming deletes, once counted; the counting runs beside the code.
         self.inventory: Inventory | None = None
         self.inventory_task: asyncio.Task[None] | None = None
@@ -215,6 +218,7 @@ class ServiceCancellation:
         self.end_of_term = workflow.patched(END_OF_TERM) and data.effective is Effective.END_OF_TERM
         self.checked = workflow.patched(INVENTORY_AND_PREFLIGHT)
         self.last_copy = workflow.patched(LAST_COPY)
+        self.billing_before_debit = workflow.patched(END_OF_TERM_BILLING)
         workflow.upsert_search_attributes(
             [
                 SERVICE_ID.value_set(str(data.service_id)),
@@ -567,7 +571,8 @@ class ServiceCancellation:
         )
 
     def _billing_closes_at(self) -> datetime | None:
-        """When the billing step runs (rules.billing_closes_at), once confirmed."""
+        """When the billing step runs (rules.billing_closes_at), once confirmed; runs
+        recorded before `end-of-term-billing` close it with the deletion."""
         service, outcome, confirmed_at, effective_at = (
             self.service,
             self.billing_outcome,
@@ -576,6 +581,8 @@ class ServiceCancellation:
         )
         if service is None or outcome is None or confirmed_at is None or effective_at is None:
             return None
+        if not self.billing_before_debit:
+            return effective_at
         return rules.billing_closes_at(
             outcome, confirmed_at, effective_at, service.expires_on, service.business_tz
         )
