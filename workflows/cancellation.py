@@ -1055,7 +1055,8 @@ class ServiceCancellation:
         if self.state is State.SCHEDULED and self.effective_at is not None:
             lines.append(f"deletion scheduled for {self.effective_at:%Y-%m-%d %H:%M} UTC")
             billing_at = self._billing_closes_at()
-            if billing_at is not None and billing_at < self.effective_at:
+            early = billing_at is not None and billing_at < self.effective_at
+            if early and self.steps.billing.status is StepStatus.PENDING:
                 lines.append(f"billing closes {billing_at:%Y-%m-%d %H:%M} UTC, before the debit")
         if self.billing_outcome:
             lines.append(f"billing outcome: {self.billing_outcome.value}")
