@@ -1,4 +1,5 @@
-"""Mail to customers and operators: the code, the "dado de baja" notice, the SLA alert."""
+"""Mail to customers and operators: the code, the "dado de baja" notice, the SLA alert,
+the lock-out and the withdrawal that keeps billing closed."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from bajas.receipts import stored_receipt
 KIND_CANCELLED = "cancelled"
 KIND_SLA_AT_RISK = "sla_at_risk"
 KIND_LOCKED = "locked"
+# a withdrawal while scheduled, after billing had closed: the site stays, billing does not
+KIND_WITHDRAWN = "withdrawn"
 # What no header may carry: a line break would end the header (or be refused by `email`).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
 
@@ -109,6 +112,16 @@ class NoticeActivities:
         elif data.kind == KIND_LOCKED:
             subject, body = texts.locked_mail(
                 name=row["name"], domain=row["domain"], wrong_codes=MAX_WRONG_CODES
+            )
+            await self.mailer.send(row["email"], subject, body, to_name=row["name"])
+        elif data.kind == KIND_WITHDRAWN:
+            if data.term_end is None:
+                raise ValueError("a 'withdrawn' notice needs the end of the term")
+            subject, body = texts.withdrawn_mail(
+                name=row["name"],
+                domain=row["domain"],
+                term_end=data.term_end,
+                tz_name=self.business_tz,
             )
             await self.mailer.send(row["email"], subject, body, to_name=row["name"])
         elif data.kind == KIND_SLA_AT_RISK:

@@ -269,7 +269,9 @@ class CancellationStatus(BaseModel):
 
     `effective_at` is when the deletion starts or started: the confirmation instant for
     `now`, 00:00 BUSINESS_TZ on `expires_on` for `end_of_term` (or the confirmation, if
-    that came later); None while unknown.
+    that came later); None while unknown. `billing_closes_at` is when the billing step
+    runs or ran, once confirmed: `effective_at`, or earlier for a `scheduled`
+    `debit_cancelled`, so that the debit of the 1st never reaches the bank.
     """
 
     state: State
@@ -291,6 +293,7 @@ class CancellationStatus(BaseModel):
     steps: Steps = Field(default_factory=Steps)
     effective: Effective = Effective.NOW
     effective_at: AwareDatetime | None = None
+    billing_closes_at: AwareDatetime | None = None
     reason_code: ReasonCode | None = None
     timeline: list[TimelineEvent] = Field(default_factory=list)
     # What confirming deletes, counted on the server that holds it; None while counting.

@@ -157,6 +157,33 @@ def debit_warning(cutoff: date | None) -> str | None:
     )
 
 
+BILLING_CLOSED_EARLY = (
+    "La facturación ya se cerró: se revocó el débito automático, así que el débito de la "
+    "renovación no se procesa. Si desiste, el sitio y el correo siguen, pero la facturación "
+    "queda cerrada y el servicio se renueva a mano."
+)
+
+
+def billing_closes_early(closes_at: datetime, debit_on: date, tz_name: str) -> str:
+    """While a cancellation waits for the end of the term: billing closes before the
+    deletion, so that the debit of the 1st is not processed."""
+    return (
+        f"La facturación se cierra antes, el {long_time(closes_at, tz_name)}, para que el "
+        f"débito automático del {long_date(debit_on)} no se procese. Si desiste después, el "
+        "sitio y el correo siguen, pero la facturación queda cerrada."
+    )
+
+
+def billing_stays_closed(expires_on: date) -> str:
+    """After a withdrawal from a cancellation whose billing had already closed (before
+    the debit of the 1st): the site stays, the billing does not reopen."""
+    return (
+        "La facturación del servicio ya se había cerrado y queda cerrada: el servicio ya "
+        f"no se renueva solo ni se debita. Vence el {long_date(expires_on)}: para seguir "
+        "usándolo, renuévelo a mano antes de esa fecha."
+    )
+
+
 def code_mail(
     *,
     name: str,
@@ -254,6 +281,21 @@ def cancelled_mail(
     if archive in ARCHIVE_TEXTS:
         lines += ["", ARCHIVE_TEXTS[archive]]
     return f"Servicio {domain} dado de baja", "\n".join(lines)
+
+
+def withdrawn_mail(*, name: str, domain: str, term_end: datetime, tz_name: str) -> tuple[str, str]:
+    """Subject and body of the mail after a withdrawal that keeps the site but not the
+    billing, closed already before the end of the term (`term_end`)."""
+    expires_on = term_end.astimezone(ZoneInfo(tz_name)).date()
+    lines = [
+        f"Hola {name}:",
+        "",
+        f"Usted desistió de la baja del servicio {domain}: no se borra nada, el sitio y el "
+        "correo siguen funcionando.",
+        "",
+        billing_stays_closed(expires_on),
+    ]
+    return f"Desistió de la baja de {domain}: la facturación sigue cerrada", "\n".join(lines)
 
 
 def receipt_text(receipt: Receipt, tz_name: str) -> str:

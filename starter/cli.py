@@ -27,6 +27,7 @@ from bajas.models import (
     Effective,
     ReasonCode,
     State,
+    StepStatus,
     reason_refusal,
 )
 
@@ -386,7 +387,11 @@ def withdraw(
     async def go() -> None:
         client = await _cancellations(settings)
         status = await client.withdraw(service, reason=reason, by="operator")
-        out.print(f"service {service}: {status.state.value}")
+        kept = status.steps.billing.status is StepStatus.DONE
+        out.print(
+            f"service {service}: {status.state.value}"
+            + ("; billing was closed already and stays closed (renewal by hand)" if kept else "")
+        )
 
     _client_command(go)
 
@@ -623,6 +628,7 @@ def _print_status(status: CancellationStatus, *, title: str) -> None:
         ("SLA at risk", "yes" if status.sla_at_risk else None),
         ("effective", status.effective.value),
         ("effective at", status.effective_at),
+        ("billing closes at", status.billing_closes_at),
         ("reason code", status.reason_code and status.reason_code.value),
     ]
     for name in ("billing", "mailboxes", "files"):

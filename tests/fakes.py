@@ -91,8 +91,8 @@ def accepted_check(**overrides: Any) -> ServiceCheck:
 class Call:
     name: str
     input: Any
-    # when the server scheduled it: the test server's (skipped) time for regular
-    # activities; local activities see the wall clock
+    # when it was scheduled on the test server's (skipped) clock; a local activity's own
+    # scheduled time is the worker's wall clock, so it reads `clock` when given
     at: datetime | None = None
 
 
@@ -105,6 +105,10 @@ class FakeActivities:
     check_started: asyncio.Event = field(default_factory=asyncio.Event)
     # delete_files raises PathRefused this many times before it succeeds
     files_refusals: int = 0
+    # close_billing's preflight refuses the files step's path this many times
+    billing_refusals: int = 0
+    # close_billing fails this many times (the panel database away) before it works
+    billing_failures: int = 0
     # delete_files fails this many times on LOCKED_FILE (EPERM) before it goes on
     files_failures: int = 0
     # delete_files stops heartbeating (a dead worker, as the server sees it) this many times
@@ -163,8 +167,11 @@ class FakeActivities:
             self.delete_archive,
         ]
 
-    def _record(self, name: str, data: BaseModel) -> None:
-        at = activity.info().current_attempt_scheduled_time
+    async def _record(self, name: str, data: BaseModel) -> None:
+        info = activity.info()
+        at = info.current_attempt_scheduled_time
+        if info.is_local and self.clock is not None:
+            at = await self.clock()
         self.calls.append(Call(name, data.model_copy(deep=True), at))
 
     def first_at(self, name: str) -> datetime:
@@ -174,7 +181,7 @@ class FakeActivities:
 
     @activity.defn(name="check_service")
     async def check_service(self, data: ServiceCheckInput) -> ServiceCheck:
-        self._record("check_service", data)
+        await self._record("check_service", data)
         self.check_started.set()
         if self.check_gate is not None:
             await self.check_gate.wait()
@@ -192,12 +199,12 @@ class FakeActivities:
 
     @activity.defn(name="issue_code")
     async def issue_code(self, data: IssueCodeInput) -> IssueCodeResult:
-        self._record("issue_code", data)
+        await self._record("issue_code", data)
         return IssueCodeResult(generation=data.generation, expires_at=data.expires_at)
 
     @activity.defn(name="verify_code")
     async def verify_code(self, data: VerifyCodeInput) -> VerifyCodeResult:
-        self._record("verify_code", data)
+        await self._record("verify_code", data)
         key = (data.generation, data.code)
         accepted = data.code == code_for(data.generation) and key not in self.used_codes
         if accepted:
@@ -206,37 +213,48 @@ class FakeActivities:
 
     @activity.defn(name="record_transition")
     async def record_transition(self, entry: TransitionInput) -> None:
-        self._record("record_transition", entry)
+        await self._record("record_transition", entry)
 
     @activity.defn(name="take_inventory")
     async def take_inventory(self, data: InventoryInput) -> InventoryResult:
-        self._record("take_inventory", data)
+        await self._record("take_inventory", data)
         if self.inventory_gate is not None:
             await self.inventory_gate.wait()
         return InventoryResult(inventory=INVENTORY)
 
     @activity.defn(name="preflight_paths")
     async def preflight_paths(self, data: PreflightInput) -> PreflightResult:
-        self._record("preflight_paths", data)
+        await self._record("preflight_paths", data)
         return PreflightResult(paths=1 + MAILBOXES)
 
     @activity.defn(name="close_billing")
     async def close_billing(self, data: BillingInput) -> BillingResult:
-        self._record("close_billing", data)
+        await self._record("close_billing", data)
+        if self.billing_refusals > 0:
+            self.billing_refusals -= 1
+            raise ApplicationError(
+                "document_root /srv/otro is not inside HOSTING_ROOT",
+                "files",
+                type="PathRefused",
+                non_retryable=True,
+            )
+        if self.billing_failures > 0:
+            self.billing_failures -= 1
+            raise ConnectionError("the panel database went away")
         return BillingResult(
             invoices_voided=INVOICES_VOIDED, mandates_revoked=MANDATES_REVOKED, verified=True
         )
 
     @activity.defn(name="delete_mailboxes")
     async def delete_mailboxes(self, data: DeprovisionInput) -> MailboxesResult:
-        self._record("delete_mailboxes", data)
+        await self._record("delete_mailboxes", data)
         return MailboxesResult(
             mailboxes_deleted=MAILBOXES, mailboxes_total=MAILBOXES, verified=True
         )
 
     @activity.defn(name="delete_files")
     async def delete_files(self, data: DeprovisionInput) -> FilesResult:
-        self._record("delete_files", data)
+        await self._record("delete_files", data)
         self.files_started.set()
         if self.files_refusals > 0:
             self.files_refusals -= 1
@@ -265,16 +283,16 @@ class FakeActivities:
 
     @activity.defn(name="finish_cancellation")
     async def finish_cancellation(self, data: FinishInput) -> None:
-        self._record("finish_cancellation", data)
+        await self._record("finish_cancellation", data)
 
     @activity.defn(name="send_notice")
     async def send_notice(self, data: NoticeInput) -> NoticeResult:
-        self._record("send_notice", data)
+        await self._record("send_notice", data)
         return NoticeResult(sent=True)
 
     @activity.defn(name="build_archive")
     async def build_archive(self, data: ArchiveInput) -> ArchiveResult:
-        self._record("build_archive", data)
+        await self._record("build_archive", data)
         self.archive_started.set()
         try:
             while self.archive_gate is not None and not self.archive_gate.is_set():
@@ -287,5 +305,5 @@ class FakeActivities:
 
     @activity.defn(name="delete_archive")
     async def delete_archive(self, data: ArchiveInput) -> ArchiveDeleted:
-        self._record("delete_archive", data)
+        await self._record("delete_archive", data)
         return ArchiveDeleted(deleted=True)

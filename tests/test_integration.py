@@ -15,16 +15,24 @@ import calendar
 import json
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import asyncpg
 import pytest
+import pytest_asyncio
+from argon2 import PasswordHasher
+from pydantic import SecretStr
 from temporalio.client import WorkflowExecutionStatus
+from temporalio.testing import WorkflowEnvironment
 
-from bajas.dev.mailsink import SunkMessage
+from bajas import texts
+from bajas.config import Settings
+from bajas.dev.mailsink import MailSink, SunkMessage
 from bajas.models import (
     MAX_WRONG_CODES,
     BillingOutcome,
@@ -35,10 +43,12 @@ from bajas.models import (
     State,
     StepStatus,
 )
-from starter.client import CancellationNotFound
+from starter.api.app import create_app
+from starter.client import CancellationClient, CancellationNotFound
 from tests.helpers import assert_eventually
 from tests.helpers.mail import code_in, mails_about
 from tests.helpers.panel import (
+    Panel,
     ServiceFixture,
     add_invoice,
     add_mailbox,
@@ -47,7 +57,10 @@ from tests.helpers.panel import (
     tree_files,
     tree_snapshot,
 )
-from workflows.rules import outcome_at
+from tests.panel_http import CLAVE, post_form, sign_in
+from tests.panel_http import client as panel_client
+from worker import build_worker
+from workflows.rules import debit_cutoff, debit_cutoff_eve, outcome_at, term_end
 from workflows.search_attributes import CANCELLATION_STATE
 
 pytestmark = pytest.mark.integration
@@ -804,8 +817,11 @@ async def test_end_of_term_already_reached_deletes_at_once(stack: Any) -> None:
 async def test_end_of_term_tomorrow_is_scheduled_and_can_be_withdrawn(stack: Any) -> None:
     tz = ZoneInfo(stack.settings.business_tz)
     tomorrow = await business_today(stack) + timedelta(days=1)
+    # Paid by automatic debit, unless tomorrow is the 1st: the eve of that debit began at
+    # 00:00 today, so billing would close at once (tested below on a clock that moves).
+    method = "manual" if tomorrow.day == 1 else "auto_debit"
     svc = await stack.panel.service(
-        expires_on=tomorrow, payment_method="auto_debit", files=4, mailboxes=2
+        expires_on=tomorrow, payment_method=method, files=4, mailboxes=2
     )
     await add_mandate(stack.pool, svc.service_id)
     before = await panel_snapshot(stack, svc)
@@ -834,8 +850,9 @@ async def test_end_of_term_tomorrow_is_scheduled_and_can_be_withdrawn(stack: Any
     assert status.reason_code is ReasonCode.CIERRE_DEL_PROYECTO
     # decided at the confirmation, today (on the day of the deletion it would be "late")
     assert status.confirmed_at is not None
-    outcome = outcome_at(status.confirmed_at, stack.settings.business_tz, tomorrow, "auto_debit")
+    outcome = outcome_at(status.confirmed_at, stack.settings.business_tz, tomorrow, method)
     assert status.billing_outcome is outcome is not LATE
+    assert status.billing_closes_at == end  # with the deletion: no debit left to stop
     described = await stack.cancellations.handle(svc.service_id).describe()
     assert described.typed_search_attributes.get(CANCELLATION_STATE) == "scheduled"
     # the reason is the customer's: not in what operators see on the workflow
@@ -876,3 +893,141 @@ async def test_end_of_term_tomorrow_is_scheduled_and_can_be_withdrawn(stack: Any
     )
     assert (await request_row(stack, run_id))["state"] == "withdrawn"
     assert done_mails(stack, svc.domain) == []
+
+
+# ---- billing before the debit of the 1st, on a clock that moves ----------------------------
+
+
+@dataclass
+class SkippingStack:
+    """The real worker, PostgreSQL, SMTP sink and roots, on the time-skipping server: the
+    debit cut-off's eve and the end of the term are reached by moving its clock."""
+
+    env: WorkflowEnvironment
+    cancellations: CancellationClient
+    pool: asyncpg.Pool
+    mail: MailSink
+    settings: Settings
+    panel: Panel
+
+    async def skip_past(self, instant: datetime) -> None:
+        await self.env.sleep(instant - await self.env.get_current_time() + timedelta(hours=1))
+
+
+@pytest_asyncio.fixture
+async def skipping(
+    env: WorkflowEnvironment, pool: asyncpg.Pool, mail: MailSink, settings: Settings
+) -> AsyncIterator[SkippingStack]:
+    own = settings.model_copy(update={"temporal_task_queue": f"bajas-skipping-{uuid.uuid4()}"})
+    async with build_worker(env.client, own, pool):
+        yield SkippingStack(
+            env,
+            CancellationClient(env.client, own.temporal_task_queue),
+            pool,
+            mail,
+            own,
+            Panel(pool, own.hosting_root, own.mail_root),
+        )
+
+
+@pytest.mark.time_skipping
+@pytest.mark.parametrize("then", ["withdrawn", "cancelled"])
+async def test_auto_debit_billing_closes_the_day_before_the_1st(
+    skipping: SkippingStack, then: str
+) -> None:
+    """Confirmed months ahead for the end of the term, `debit_cancelled`: the mandate is
+    revoked and the renewal invoice voided at 00:00 the day before the 1st, while site and
+    mail stay; a withdrawal then keeps billing closed, and the panel and a mail say so."""
+    s = skipping
+    tz = s.settings.business_tz
+    today = (await s.env.get_current_time()).astimezone(ZoneInfo(tz)).date()
+    expires_on = (today.replace(day=1) + timedelta(days=63)).replace(day=20)
+    eve, end = debit_cutoff_eve(expires_on, tz), term_end(expires_on, tz)
+    customer = await s.panel.customer(password_hash=PasswordHasher().hash(CLAVE))
+    svc = await s.panel.service(
+        customer, expires_on=expires_on, payment_method="auto_debit", files=3, mailboxes=1
+    )
+    before = await panel_snapshot(s, svc)
+    panel_settings = s.settings.model_copy(
+        update={
+            "panel_api_token": SecretStr(uuid.uuid4().hex),
+            "panel_session_secret": SecretStr(uuid.uuid4().hex),
+        }
+    )
+    app = create_app(panel_settings, client=s.env.client, pool=s.pool, mail_sink=s.mail)
+    page = f"/panel/servicios/{svc.service_id}"
+    http = panel_client(app)
+    number = await s.pool.fetchval("select number from customers where id = $1", svc.customer_id)
+    await sign_in(http, number)
+    try:
+        answer = await s.cancellations.request(
+            svc.service_id, svc.customer_id, effective=Effective.END_OF_TERM
+        )
+        confirmed = await s.cancellations.confirm(
+            svc.service_id, code_in(await wait_code_mail(s, svc))
+        )
+        assert confirmed.state is State.SCHEDULED
+        status = await wait_status(
+            s, svc.service_id, lambda st: st.billing_outcome is not None, "the outcome"
+        )
+        assert (status.billing_outcome, status.billing_closes_at) == (DEBIT_CANCELLED, eve)
+        shown = " ".join((await http.get(page)).text.split())
+        assert texts.billing_closes_early(eve, debit_cutoff(expires_on), tz) in shown
+
+        await s.skip_past(eve)
+        status = await wait_status(
+            s,
+            svc.service_id,
+            lambda st: st.steps.billing.status is StepStatus.DONE,
+            "billing to close before the 1st",
+        )
+        assert status.state is State.SCHEDULED
+        billed = await panel_snapshot(s, svc)
+        assert billed["service"] == before["service"] | {"auto_renew": False}
+        assert {m["status"] for m in billed["mandates"].values()} == {"revoked"}
+        renewal = {i for i, inv in before["invoices"].items() if inv["status"] == "open"}
+        assert renewal
+        assert {i for i, inv in billed["invoices"].items() if inv["status"] == "void"} == renewal
+        # the site and the mail work on, untouched
+        for kept in ("mailboxes", "files", "maildirs"):
+            assert billed[kept] == before[kept]
+
+        assert texts.BILLING_CLOSED_EARLY in " ".join((await http.get(page)).text.split())
+
+        if then == "withdrawn":  # "Desistir" in the panel
+            shown = " ".join((await post_form(http, page + "/desistir")).text.split())
+            kept = texts.billing_stays_closed(expires_on)
+            assert f"Desistió de la baja: el sitio y el correo siguen funcionando. {kept}" in shown
+            assert f"Usted desistió de la solicitud de baja anterior. {kept}" in shown
+            [mail] = await assert_eventually(
+                lambda: (
+                    [m for m in mails_about(s.mail, svc.domain) if "Desistió" in m.subject] or None
+                ),
+                "the withdrawal mail",
+            )
+            assert mail.rcpt_tos == [svc.email]
+            body = " ".join(mail.body.split())
+            assert "el sitio y el correo siguen funcionando" in body
+            assert texts.billing_stays_closed(expires_on) in body
+            assert (await s.cancellations.result(svc.service_id)).state is State.WITHDRAWN
+            assert await panel_snapshot(s, svc) == billed  # billing stays closed, all else too
+        else:
+            await s.skip_past(end)
+            result = await asyncio.wait_for(s.cancellations.result(svc.service_id), TIMEOUT)
+            assert (result.state, result.billing_outcome) == (State.CANCELLED, DEBIT_CANCELLED)
+            after = await panel_snapshot(s, svc)
+            assert svc.document_root is not None and not svc.document_root.exists()
+            assert not any(m.exists() for m in svc.maildirs)
+            assert (after["mandates"], after["invoices"]) == (
+                billed["mandates"],
+                billed["invoices"],
+            )
+            assert done_mails(s, svc.domain) != []
+        closings = await s.pool.fetchval(
+            "select count(*) from bajas.audit_trail where run_id = $1 and event = 'billing_closed'",
+            answer.run_id,
+        )
+        assert closings == 1
+    finally:
+        await http.aclose()
+        await terminate(s, svc.service_id)

@@ -13,7 +13,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 from temporalio.workflow import NondeterminismError
 
-from workflows.cancellation import END_OF_TERM, INVENTORY_AND_PREFLIGHT, ServiceCancellation
+from workflows.cancellation import (
+    END_OF_TERM,
+    END_OF_TERM_BILLING,
+    INVENTORY_AND_PREFLIGHT,
+    ServiceCancellation,
+)
 from workflows.sandbox import workflow_runner
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -93,6 +98,34 @@ async def test_the_inventory_and_preflight_patch_is_needed(
         workflow,
         "patched",
         lambda patch_id: forced if patch_id == INVENTORY_AND_PREFLIGHT else real(patch_id),
+    )
+    replayer = Replayer(
+        workflows=[ServiceCancellation],
+        data_converter=pydantic_data_converter,
+        workflow_runner=UnsandboxedWorkflowRunner(),
+    )
+    result = await replayer.replay_workflow(
+        load(HISTORIES / f"{history}.json"), raise_on_replay_failure=False
+    )
+    assert isinstance(result.replay_failure, NondeterminismError)
+
+
+@pytest.mark.parametrize(
+    ("history", "forced"),
+    [("billed_early_then_cancelled-v7", True), ("billed_early_then_cancelled-v8", False)],
+)
+async def test_the_end_of_term_billing_needs_its_patch(
+    monkeypatch: pytest.MonkeyPatch, history: str, forced: bool
+) -> None:
+    """`end-of-term-billing` closes a scheduled `debit_cancelled` at the debit cut-off's
+    eve, a timer and the billing step before the end of the term. The same cancellation
+    recorded before it (v7: billing at the end of the term) fails to replay with the
+    patch forced on, and the one recorded after it with the patch forced off."""
+    real = workflow.patched
+    monkeypatch.setattr(
+        workflow,
+        "patched",
+        lambda patch_id: forced if patch_id == END_OF_TERM_BILLING else real(patch_id),
     )
     replayer = Replayer(
         workflows=[ServiceCancellation],

@@ -24,12 +24,15 @@ from bajas.models import BillingOutcome, Effective, PaymentMethod
 from bajas.texts import debit_warning
 from workflows.rules import (
     auto_debit_cutoff,
+    billing_closes_at,
     billing_outcome,
     debit_cutoff,
+    debit_cutoff_eve,
     effective_at,
     local_date,
     outcome_at,
     revokes_mandate,
+    start_of_day,
     term_end,
     voids_renewal_invoices,
 )
@@ -583,3 +586,90 @@ def test_effective_at(
     effective: Effective | str, confirmed_at: datetime, expires_on: date, expected: datetime
 ) -> None:
     assert effective_at(effective, confirmed_at, expires_on, TZ) == expected
+
+
+# --- when billing closes for the end of the term ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tz", "expires_on", "eve"),
+    [
+        pytest.param(TZ, date(2026, 7, 20), ba(2026, 6, 30), id="ba-20th"),
+        # the expiry is the cut-off itself: the eve is the day before the expiry
+        pytest.param(TZ, date(2026, 7, 1), ba(2026, 6, 30), id="ba-on-the-1st"),
+        pytest.param(TZ, date(2027, 1, 15), ba(2026, 12, 31), id="ba-across-the-year"),
+        pytest.param(TZ, date(2028, 3, 10), ba(2028, 2, 29), id="ba-leap-day"),
+        # Madrid on summer time from 29 March: the eve, 31 March, is at 00:00 CEST
+        pytest.param("Europe/Madrid", date(2026, 4, 10), utc(2026, 3, 30, 22), id="madrid"),
+    ],
+)
+def test_debit_cutoff_eve_is_the_start_of_the_day_before_the_1st(
+    tz: str, expires_on: date, eve: datetime
+) -> None:
+    at = debit_cutoff_eve(expires_on, tz)
+    assert at == eve
+    local = at.astimezone(ZoneInfo(tz))
+    assert (local.date(), f"{local:%H:%M}") == (
+        debit_cutoff(expires_on) - timedelta(days=1),
+        "00:00",
+    )
+    # a whole day before the debit reaches the bank
+    assert start_of_day(debit_cutoff(expires_on), tz) - at >= timedelta(hours=23)
+
+
+JULY_20 = date(2026, 7, 20)
+END = term_end(JULY_20, TZ)  # 2026-07-20 03:00 UTC
+
+
+@pytest.mark.parametrize(
+    ("confirmed_at", "expires_on", "method", "when"),
+    [
+        # confirmed in March for a July expiry: billing closes on 30 June, 00:00
+        pytest.param(ba(2026, 3, 10, 15), JULY_20, AUTO, ba(2026, 6, 30), id="auto-march"),
+        pytest.param(ba(2026, 6, 29, 23, 59), JULY_20, AUTO, ba(2026, 6, 30), id="auto-eve-ahead"),
+        # the eve has begun: at once
+        pytest.param(ba(2026, 6, 30, 0, 0, 1), JULY_20, AUTO, ba(2026, 6, 30, 0, 0, 1), id="eve"),
+        pytest.param(ba(2026, 6, 30, 23), JULY_20, AUTO, ba(2026, 6, 30, 23), id="eve-late"),
+        # the debit is already at the bank, or no debit at all: with the deletion
+        pytest.param(ba(2026, 7, 1), JULY_20, AUTO, END, id="auto-processed"),
+        pytest.param(ba(2026, 3, 10, 15), JULY_20, MANUAL, END, id="manual"),
+        # expiring on the 1st: the eve is the last day of the term
+        pytest.param(
+            ba(2026, 5, 10), date(2026, 7, 1), AUTO, ba(2026, 6, 30), id="auto-expiry-on-1st"
+        ),
+        pytest.param(
+            ba(2026, 5, 10), date(2026, 7, 1), MANUAL, ba(2026, 7, 1), id="manual-expiry-on-1st"
+        ),
+        # the term is over: the deletion and billing start at the confirmation
+        pytest.param(ba(2026, 7, 25), JULY_20, AUTO, ba(2026, 7, 25), id="late"),
+    ],
+)
+def test_billing_closes_at_for_the_end_of_term(
+    confirmed_at: datetime, expires_on: date, method: str, when: datetime
+) -> None:
+    outcome = outcome_at(confirmed_at, TZ, expires_on, method)
+    deletion = effective_at(Effective.END_OF_TERM, confirmed_at, expires_on, TZ)
+    assert billing_closes_at(outcome, confirmed_at, deletion, expires_on, TZ) == when
+
+
+@pytest.mark.parametrize("outcome", list(BillingOutcome))
+def test_billing_closes_at_the_confirmation_for_now(outcome: BillingOutcome) -> None:
+    confirmed_at = ba(2026, 3, 10, 15)
+    now = effective_at(Effective.NOW, confirmed_at, JULY_20, TZ)
+    assert billing_closes_at(outcome, confirmed_at, now, JULY_20, TZ) == confirmed_at
+
+
+@settings(max_examples=600, deadline=None)
+@given(cases(), st.sampled_from([TZ, "Europe/Madrid", "America/Santiago"]))
+def test_billing_closes_in_time_for_the_outcome(case: tuple[datetime, date, str], tz: str) -> None:
+    """Never before the confirmation nor after the deletion; a cancelled debit is always
+    stopped before 00:00 on the 1st, the moment it reaches the bank."""
+    confirmed_at, expires_on, method = case
+    outcome = outcome_at(confirmed_at, tz, expires_on, method)
+    deletion = effective_at(Effective.END_OF_TERM, confirmed_at, expires_on, tz)
+    at = billing_closes_at(outcome, confirmed_at, deletion, expires_on, tz)
+    assert confirmed_at <= at <= deletion
+    if outcome is BillingOutcome.DEBIT_CANCELLED:
+        assert at < start_of_day(debit_cutoff(expires_on), tz)
+    else:
+        assert at == deletion

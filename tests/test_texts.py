@@ -9,12 +9,20 @@ from bajas import texts
 from bajas.models import (
     ArchiveState,
     BillingOutcome,
+    CancellationStatus,
+    Effective,
     Inventory,
     MailboxInventory,
     Receipt,
     ReceiptFiles,
     ReceiptMailbox,
+    State,
+    StepProgress,
+    Steps,
+    StepStatus,
 )
+from starter.api import store
+from starter.api.panel_ui import ServiceCard
 from starter.api.panel_ui import local_time as panel_time
 
 TZ = "America/Argentina/Buenos_Aires"
@@ -245,3 +253,70 @@ def test_what_a_download_weighs() -> None:
         "12 MB",
         "1,2 GB",
     ]
+
+
+# ---- billing closed before the debit of the 1st (end of term) --------------------------
+
+JULY_20 = date(2026, 7, 20)
+EVE = datetime(2026, 6, 30, 3, tzinfo=UTC)  # 00:00 in Buenos Aires
+END = datetime(2026, 7, 20, 3, tzinfo=UTC)
+
+
+def _card(
+    state: State, *, billing: StepStatus = StepStatus.PENDING, closes_at: datetime = EVE
+) -> ServiceCard:
+    service = store.Service(
+        id=42,
+        customer_id=7,
+        domain="ejemplo.com.ar",
+        plan="basico",
+        status="active",
+        expires_on=JULY_20,
+        payment_method="auto_debit",
+        auto_renew=billing is not StepStatus.DONE,
+        cancelled_at=None,
+    )
+    status = CancellationStatus(
+        state=state,
+        service_id=42,
+        customer_id=7,
+        requested_by="panel",
+        attempts_left=5,
+        resends_left=3,
+        effective=Effective.END_OF_TERM,
+        effective_at=END,
+        billing_closes_at=closes_at,
+        billing_outcome=BillingOutcome.DEBIT_CANCELLED,
+        steps=Steps(billing=StepProgress(status=billing)),
+    )
+    if state.is_final:
+        return ServiceCard(service, None, ended=status)
+    return ServiceCard(service, status)
+
+
+def test_a_scheduled_card_says_billing_closes_before_the_debit() -> None:
+    note = _card(State.SCHEDULED).billing_note(TZ)
+    assert note is not None
+    assert "se cierra antes, el 30 de junio de 2026 a las 00:00 (hora de Buenos Aires)" in note
+    assert "débito automático del 1 de julio de 2026 no se procese" in note
+    assert "Si desiste después" in note
+    closed = _card(State.SCHEDULED, billing=StepStatus.DONE).billing_note(TZ)
+    assert closed == texts.BILLING_CLOSED_EARLY
+    assert "se renueva a mano" in closed
+    # billing with the deletion (a manual payer, a debit already at the bank): nothing to add
+    assert _card(State.SCHEDULED, closes_at=END).billing_note(TZ) is None
+
+
+def test_a_withdrawal_after_billing_closed_says_it_stays_closed() -> None:
+    kept = _card(State.WITHDRAWN, billing=StepStatus.DONE).ended_note
+    assert kept is not None
+    assert kept.startswith("Usted desistió de la solicitud de baja anterior.")
+    assert texts.billing_stays_closed(JULY_20) in kept
+    assert _card(State.WITHDRAWN).ended_note == "Usted desistió de la solicitud de baja anterior."
+
+    subject, body = texts.withdrawn_mail(
+        name="Ana", domain="ejemplo.com.ar", term_end=END, tz_name=TZ
+    )
+    assert "ejemplo.com.ar" in subject and "la facturación sigue cerrada" in subject
+    assert "no se borra nada, el sitio y el correo siguen funcionando" in body
+    assert "Vence el 20 de julio de 2026: para seguir usándolo, renuévelo a mano" in body

@@ -49,6 +49,7 @@ from bajas.models import (
     PaymentMethod,
     ReasonCode,
     ResendInput,
+    RetryInput,
     ServiceCheckInput,
     State,
     StepStatus,
@@ -929,6 +930,8 @@ def expiry_on(kind: str, today: date, tz_name: str) -> date | None:
     start = today + timedelta(days=2)
     if kind == "1st":
         return (start.replace(day=1) + timedelta(days=32)).replace(day=1)
+    if kind == "20th":  # two months on at least: confirmed a month before the debit cut-off
+        return (start.replace(day=1) + timedelta(days=63)).replace(day=20)
     if kind == "31st":  # in a later month, so the debit cut-off is still ahead
         day = (start.replace(day=1) + timedelta(days=32)).replace(day=1)
         while calendar.monthrange(day.year, day.month)[1] != 31:
@@ -946,14 +949,20 @@ def expiry_on(kind: str, today: date, tz_name: str) -> date | None:
 
 
 async def start_end_of_term(
-    h: Harness, kind: str, tz_name: str = BUSINESS_TZ
+    h: Harness,
+    kind: str,
+    tz_name: str = BUSINESS_TZ,
+    payment_method: PaymentMethod = PaymentMethod.AUTO_DEBIT,
 ) -> tuple[WorkflowHandle[Any, CancellationResult], date]:
-    """A cancellation for the end of the term of a service paid by automatic debit."""
+    """A cancellation for the end of the term of a service paid by automatic debit,
+    unless told otherwise."""
     today = (await h.env.get_current_time()).astimezone(ZoneInfo(tz_name)).date()
     expires_on = expiry_on(kind, today, tz_name)
     if expires_on is None:
         pytest.skip(f"{tz_name} has no {kind} day in the next years")
-    h.fakes.check = accepted_check(expires_on=expires_on, business_tz=tz_name)
+    h.fakes.check = accepted_check(
+        expires_on=expires_on, business_tz=tz_name, payment_method=payment_method
+    )
     handle = await h.start(effective=Effective.END_OF_TERM, reason_code=ReasonCode.PRECIO)
     await code_sent(handle)
     return handle, expires_on
@@ -1051,6 +1060,8 @@ async def test_withdraw_while_scheduled(h: Harness, via: str) -> None:
     assert st.finished_at is not None
     assert st.finished_at < rules.term_end(expires_on, BUSINESS_TZ)
     assert_nothing_deprovisioned(f)
+    assert st.steps.billing.status is StepStatus.PENDING
+    assert f.inputs("send_notice") == []  # nothing changed: nothing to tell
     assert f.events() == ["confirmed", "withdrawn"]
     [withdrawn] = [t for t in f.inputs("record_transition") if t.event == "withdrawn"]
     assert (withdrawn.from_state, withdrawn.to_state, withdrawn.actor) == (
@@ -1060,6 +1071,189 @@ async def test_withdraw_while_scheduled(h: Harness, via: str) -> None:
     )
     assert [e.event for e in st.timeline][-3:] == ["confirmed", "scheduled", "withdrawn"]
     assert (await search_attributes(handle))[CANCELLATION_STATE.name] == "withdrawn"
+
+
+async def past(h: Harness, instant: datetime, by: timedelta = timedelta(hours=1)) -> None:
+    """Skip the test server's clock to `by` after `instant`."""
+    await h.env.sleep(instant - await h.env.get_current_time() + by)
+
+
+async def scheduled_for(
+    h: Harness, kind: str, payment_method: PaymentMethod = PaymentMethod.AUTO_DEBIT
+) -> tuple[WorkflowHandle[Any, CancellationResult], date, CancellationStatus]:
+    """Confirmed for the end of the term, and waiting for it."""
+    handle, expires_on = await start_end_of_term(h, kind, payment_method=payment_method)
+    assert (await confirm_code(handle, code_for(1))).state is State.SCHEDULED
+    st = await wait_status(handle, lambda s: "confirmed" in h.fakes.events())
+    assert st.state is State.SCHEDULED
+    assert_nothing_deprovisioned(h.fakes)
+    return handle, expires_on, st
+
+
+@pytest.mark.time_skipping
+@pytest.mark.parametrize("kind", ["20th", "1st"])
+async def test_auto_debit_billing_closes_before_the_debit_then_deletes_at_term_end(
+    h: Harness, kind: str
+) -> None:
+    """A `debit_cancelled` promises that the debit of the 1st never reaches the bank: the
+    billing step runs at 00:00 on the day before, while site and mail keep working."""
+    f = h.fakes
+    handle, expires_on, st = await scheduled_for(h, kind)
+    end = rules.term_end(expires_on, BUSINESS_TZ)
+    cutoff = rules.debit_cutoff(expires_on)
+    at_the_bank = rules.start_of_day(cutoff, BUSINESS_TZ)  # 00:00 on the 1st
+    eve = at_the_bank - timedelta(days=1)  # Buenos Aires keeps one offset all year
+    assert st.billing_outcome is BillingOutcome.DEBIT_CANCELLED
+    assert (st.effective_at, st.billing_closes_at) == (end, eve)
+
+    await past(h, eve)
+    st = await wait_status(handle, lambda s: s.steps.billing.status is StepStatus.DONE)
+    assert st.state is State.SCHEDULED  # the site and mail still work
+    assert f.deprovisioning_calls() == ["close_billing"]
+    billed = f.first_at("close_billing")
+    assert eve <= billed < at_the_bank
+    assert (local(billed).date(), f"{local(billed):%H:%M}") == (cutoff - timedelta(days=1), "00:00")
+    assert f.inputs("close_billing") == [
+        BillingInput(
+            service_id=h.service_id,
+            customer_id=CUSTOMER,
+            outcome=BillingOutcome.DEBIT_CANCELLED,
+            revoke_mandate=True,
+            void_renewal_invoices=True,
+        )
+    ]
+
+    result = await result_of(handle)  # skips to the end of the term
+    assert (result.state, result.billing_outcome) == (
+        State.CANCELLED,
+        BillingOutcome.DEBIT_CANCELLED,
+    )
+    assert len(f.inputs("close_billing")) == 1  # the deprovisioning found it done
+    assert_deprovisioned_in_order(f)
+    assert f.first_at("delete_files") >= end and f.first_at("delete_mailboxes") >= end
+    st = await status(handle)
+    started = next(e.at for e in st.timeline if e.event == "deprovisioning")
+    assert end <= started < end + timedelta(seconds=5)
+    events = [e.event for e in st.timeline]
+    assert events.index("billing_done") < events.index("deprovisioning")
+    assert f.events() == ["confirmed", "term_ended"]
+    assert [n.kind for n in f.inputs("send_notice")] == ["cancelled"]
+
+
+@pytest.mark.time_skipping
+@pytest.mark.parametrize("via", ["signal", "update"])
+async def test_withdraw_after_billing_closed_keeps_the_site_and_billing_closed(
+    h: Harness, via: str
+) -> None:
+    f = h.fakes
+    handle, expires_on, st = await scheduled_for(h, "20th")
+    end = rules.term_end(expires_on, BUSINESS_TZ)
+    assert st.billing_closes_at is not None
+    await past(h, st.billing_closes_at)
+    await wait_status(handle, lambda s: s.steps.billing.status is StepStatus.DONE)
+
+    withdrawal = WithdrawInput(reason="me quedo", by="customer")
+    if via == "signal":
+        await handle.signal(ServiceCancellation.withdraw, withdrawal)
+    else:
+        answer = await handle.execute_update(ServiceCancellation.withdraw_cancellation, withdrawal)
+        assert answer.state is State.WITHDRAWN
+        assert answer.steps.billing.status is StepStatus.DONE  # what the panel tells
+    result = await result_of(handle)
+    assert (result.state, result.billing_outcome) == (
+        State.WITHDRAWN,
+        BillingOutcome.DEBIT_CANCELLED,
+    )
+    assert (result.files_deleted, result.mailboxes_deleted) == (0, 0)
+    assert f.deprovisioning_calls() == ["close_billing"]  # once; nothing deleted or marked
+    assert f.events() == ["confirmed", "withdrawn"]
+    [mail] = f.inputs("send_notice")
+    assert (mail.kind, mail.term_end, mail.billing_outcome) == (
+        "withdrawn",
+        end,
+        BillingOutcome.DEBIT_CANCELLED,
+    )
+    st = await status(handle)
+    assert st.state is State.WITHDRAWN and st.steps.billing.status is StepStatus.DONE
+    assert st.finished_at is not None and st.finished_at < end
+    assert [e.event for e in st.timeline][-4:] == [
+        "confirmed",
+        "scheduled",
+        "billing_done",
+        "withdrawn",
+    ]
+
+
+@pytest.mark.time_skipping
+async def test_manual_payer_billing_closes_with_the_deletion(h: Harness) -> None:
+    """No debit to stop: billing closes at `effective_at`, as for any late outcome."""
+    f = h.fakes
+    handle, expires_on, st = await scheduled_for(h, "20th", PaymentMethod.MANUAL)
+    end = rules.term_end(expires_on, BUSINESS_TZ)
+    assert st.billing_outcome is BillingOutcome.NO_FURTHER_CHARGES
+    assert (st.effective_at, st.billing_closes_at) == (end, end)
+    await past(h, rules.debit_cutoff_eve(expires_on, BUSINESS_TZ), by=timedelta(days=1))
+    assert (await status(handle)).state is State.SCHEDULED
+    assert_nothing_deprovisioned(f)
+
+    assert (await result_of(handle)).state is State.CANCELLED
+    assert len(f.inputs("close_billing")) == 1
+    assert f.first_at("close_billing") >= end
+    assert_deprovisioned_in_order(f)
+
+
+@pytest.mark.time_skipping
+@pytest.mark.parametrize("trouble", ["refused", "failing"])
+async def test_withdraw_while_early_billing_has_not_closed(h: Harness, trouble: str) -> None:
+    """A refused preflight or a failed attempt changed nothing: the withdrawal ends the
+    run there, billing as it was, and no further attempt runs."""
+    f = h.fakes
+    if trouble == "refused":
+        f.billing_refusals = 1
+    else:
+        f.billing_failures = 1
+    handle, _, st = await scheduled_for(h, "20th")
+    assert st.billing_closes_at is not None
+    # not as far as the next attempt, a second on (the clock holds still meanwhile)
+    await past(h, st.billing_closes_at, by=timedelta(milliseconds=500))
+    # waiting for an operator's retry, or for the next attempt
+    await wait_status(
+        handle,
+        lambda s: s.steps.files.status is StepStatus.REFUSED or s.steps.billing.error is not None,
+    )
+    await handle.signal(ServiceCancellation.withdraw, WithdrawInput(by="customer"))
+    assert (await result_of(handle)).state is State.WITHDRAWN
+    st = await status(handle)
+    assert st.steps.billing.status is not StepStatus.DONE
+    assert len(f.inputs("close_billing")) == 1  # the attempt that did not close it, only
+    assert f.inputs("send_notice") == []  # billing never closed: nothing to tell
+    assert f.events() == ["confirmed", "withdrawn"]
+
+
+@pytest.mark.time_skipping
+async def test_early_billing_still_refused_at_term_end_is_not_run_twice(h: Harness) -> None:
+    """The deprovisioning waits for the billing step already started, under the 24-hour
+    promise, instead of running a second one; the operator's `retry` lets it go on."""
+    f = h.fakes
+    f.billing_refusals = 1
+    handle, expires_on, st = await scheduled_for(h, "20th")
+    end = rules.term_end(expires_on, BUSINESS_TZ)
+    sla = timedelta(seconds=f.check.sla_limit_seconds)
+    await past(h, end, by=sla + timedelta(hours=1))
+    # a second billing step would have closed billing and deleted everything by now
+    st = await wait_status(handle, lambda s: s.sla_at_risk)
+    assert st.state is State.DEPROVISIONING
+    assert st.steps.files.status is StepStatus.REFUSED
+    assert f.deprovisioning_calls() == ["close_billing"]
+    await handle.signal(ServiceCancellation.retry, RetryInput(by="operator"))
+    assert (await result_of(handle)).state is State.CANCELLED
+    # the refused attempt and the retried one, then the deletions
+    calls = f.deprovisioning_calls()
+    assert calls[:2] == ["close_billing", "close_billing"]
+    assert sorted(calls[2:4]) == ["delete_files", "delete_mailboxes"]
+    assert calls[4:] == ["finish_cancellation"]
+    assert (await status(handle)).steps.billing.attempts == 2
+    assert f.first_at("delete_files") >= end
 
 
 async def test_end_of_term_already_over_deletes_at_once(h: Harness) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -30,7 +30,13 @@ with workflow.unsafe.imports_passed_through():
     from activities.errors import PATH_REFUSED
     from activities.files import FilesActivities
     from activities.inventory import InventoryActivities
-    from activities.mail import KIND_CANCELLED, KIND_LOCKED, KIND_SLA_AT_RISK, NoticeActivities
+    from activities.mail import (
+        KIND_CANCELLED,
+        KIND_LOCKED,
+        KIND_SLA_AT_RISK,
+        KIND_WITHDRAWN,
+        NoticeActivities,
+    )
     from activities.mailboxes import MailboxActivities
     from activities.panel_db import PanelDbActivities
     from activities.safety import PreflightActivities
@@ -103,6 +109,8 @@ END_OF_TERM = "end-of-term"
 # billing, and every step's check required before it counts as done.
 INVENTORY_AND_PREFLIGHT = "inventory-and-preflight"
 LAST_COPY = "last-copy"
+# While scheduled, billing closes before the debit of the 1st when the outcome cancels it.
+END_OF_TERM_BILLING = "end-of-term-billing"
 # A dead worker is noticed this fast during a deletion; progress reaches the server
 # about every 0.8 of it (the SDK throttles heartbeats).
 HEARTBEAT = timedelta(seconds=10)
@@ -174,6 +182,8 @@ class ServiceCancellation:
         self.sla_at_risk = False
         # When the deletion starts, set at the confirmation (rules.effective_at).
         self.effective_at: datetime | None = None
+        # The billing step when it ran ahead of the deletion, while scheduled.
+        self.early_billing: asyncio.Task[None] | None = None
         self.timeline = [TimelineEvent(event="requested", at=self.requested_at)]
         self.retry_requested = False
         self.withdrawn_by: str | None = None
@@ -183,6 +193,7 @@ class ServiceCancellation:
         self.audit_wrong_codes = False
         self.mail_as_activity = False
         self.end_of_term = False
+        self.billing_before_debit = False
         # What confirming deletes, once counted; the counting runs beside the code.
         self.inventory: Inventory | None = None
         self.inventory_task: asyncio.Task[None] | None = None
@@ -207,6 +218,7 @@ class ServiceCancellation:
         self.end_of_term = workflow.patched(END_OF_TERM) and data.effective is Effective.END_OF_TERM
         self.checked = workflow.patched(INVENTORY_AND_PREFLIGHT)
         self.last_copy = workflow.patched(LAST_COPY)
+        self.billing_before_debit = workflow.patched(END_OF_TERM_BILLING)
         workflow.upsert_search_attributes(
             [
                 SERVICE_ID.value_set(str(data.service_id)),
@@ -406,6 +418,7 @@ class ServiceCancellation:
             steps=self.steps.model_copy(deep=True),
             effective=self.input.effective,
             effective_at=self.effective_at or self._planned_term_end(),
+            billing_closes_at=self._billing_closes_at(),
             reason_code=self.input.reason_code,
             timeline=[e.model_copy() for e in self.timeline],
             inventory=self.inventory,
@@ -500,27 +513,79 @@ class ServiceCancellation:
 
     async def _until_effective(self) -> bool:
         """Audit the confirmation; when scheduled, wait (site and mail working) until
-        `effective_at`, on a durable timer. False when the customer withdrew meanwhile."""
+        `effective_at`, on a durable timer. Billing closes first where the debit the
+        outcome cancels would reach the bank before (`_billing_closes_at`). False when the
+        customer withdrew meanwhile."""
         if self.state is State.DEPROVISIONING:
             await self._transition("confirmed", State.DEPROVISIONING)
             return True
-        assert self.effective_at is not None
+        assert self.effective_at is not None and self.billing_outcome is not None
         until = {"effective_at": self.effective_at.isoformat()}
         await self._transition("confirmed", State.SCHEDULED, details=until)
-        try:
-            await workflow.wait_condition(
-                lambda: self.state is not State.SCHEDULED,
-                timeout=max(self.effective_at - workflow.now(), timedelta(seconds=1)),
-                timeout_summary="end of term",
-            )
-        except TimeoutError:
-            pass
+        billing_at = self._billing_closes_at()
+        if (
+            billing_at is not None
+            and billing_at < self.effective_at
+            and await self._scheduled_until(billing_at, "billing closes before the debit")
+        ):
+            # Runs beside the wait; the deprovisioning awaits it instead of a second run.
+            self.early_billing = asyncio.ensure_future(self._close_billing(self.billing_outcome))
+        await self._scheduled_until(self.effective_at, "end of term")
         if self.state is State.WITHDRAWN:
             await self._transition("withdrawn", State.WITHDRAWN, State.SCHEDULED)
+            if self.early_billing is not None and not self.early_billing.done():
+                self.early_billing.cancel()  # a failed or refused attempt changed nothing
+            if self.steps.billing.status is StepStatus.DONE:
+                await self._notice(KIND_WITHDRAWN)  # the site stays; billing stays closed
             return False
         self._set_state(State.DEPROVISIONING)
         await self._transition("term_ended", State.DEPROVISIONING, State.SCHEDULED, details=until)
         return True
+
+    async def _scheduled_until(self, at: datetime, summary: str) -> bool:
+        """Wait on a durable timer until `at`; True when still `scheduled` then."""
+        try:
+            await workflow.wait_condition(
+                lambda: self.state is not State.SCHEDULED,
+                timeout=max(at - workflow.now(), timedelta(seconds=1)),
+                timeout_summary=summary,
+            )
+        except TimeoutError:
+            pass
+        return self.state is State.SCHEDULED
+
+    def _close_billing(self, outcome: BillingOutcome) -> Coroutine[Any, Any, None]:
+        """The billing step with the effects the outcome decided at the confirmation."""
+        service_id, customer_id = self.input.service_id, self.input.customer_id
+        return self._step(
+            Step.BILLING,
+            BillingActivities.close_billing,
+            BillingInput(
+                service_id=service_id,
+                customer_id=customer_id,
+                outcome=outcome,
+                revoke_mandate=rules.revokes_mandate(outcome),
+                void_renewal_invoices=rules.voids_renewal_invoices(outcome),
+                preflight=not self.checked,
+            ),
+        )
+
+    def _billing_closes_at(self) -> datetime | None:
+        """When the billing step runs (rules.billing_closes_at), once confirmed; runs
+        recorded before `end-of-term-billing` close it with the deletion."""
+        service, outcome, confirmed_at, effective_at = (
+            self.service,
+            self.billing_outcome,
+            self.confirmed_at,
+            self.effective_at,
+        )
+        if service is None or outcome is None or confirmed_at is None or effective_at is None:
+            return None
+        if not self.billing_before_debit:
+            return effective_at
+        return rules.billing_closes_at(
+            outcome, confirmed_at, effective_at, service.expires_on, service.business_tz
+        )
 
     def _planned_term_end(self) -> datetime | None:
         """Before the confirmation, when an `end_of_term` deletion would start."""
@@ -636,18 +701,8 @@ class ServiceCancellation:
         """Billing first, then mailboxes and files side by side, then the final mark."""
         service_id, customer_id = self.input.service_id, self.input.customer_id
         target = DeprovisionInput(service_id=service_id, customer_id=customer_id)
-        await self._step(
-            Step.BILLING,
-            BillingActivities.close_billing,
-            BillingInput(
-                service_id=service_id,
-                customer_id=customer_id,
-                outcome=outcome,
-                revoke_mandate=rules.revokes_mandate(outcome),
-                void_renewal_invoices=rules.voids_renewal_invoices(outcome),
-                preflight=not self.checked,
-            ),
-        )
+        # Closed already while scheduled (or still closing): not run a second time.
+        await (self.early_billing or self._close_billing(outcome))
         await self._archive_settled()
         await asyncio.gather(
             self._step(Step.MAILBOXES, MailboxActivities.delete_mailboxes, target),
@@ -999,6 +1054,10 @@ class ServiceCancellation:
             )
         if self.state is State.SCHEDULED and self.effective_at is not None:
             lines.append(f"deletion scheduled for {self.effective_at:%Y-%m-%d %H:%M} UTC")
+            billing_at = self._billing_closes_at()
+            early = billing_at is not None and billing_at < self.effective_at
+            if early and self.steps.billing.status is StepStatus.PENDING:
+                lines.append(f"billing closes {billing_at:%Y-%m-%d %H:%M} UTC, before the debit")
         if self.billing_outcome:
             lines.append(f"billing outcome: {self.billing_outcome.value}")
         if self.service is not None and self.service.server:

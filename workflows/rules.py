@@ -7,7 +7,7 @@ customer reads about them is in `bajas/texts.py`.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -67,14 +67,26 @@ def voids_renewal_invoices(outcome: BillingOutcome) -> bool:
     return outcome in (BillingOutcome.DEBIT_CANCELLED, BillingOutcome.NO_FURTHER_CHARGES)
 
 
-def term_end(expires_on: date, tz_name: str) -> datetime:
-    """00:00 BUSINESS_TZ on `expires_on`, in UTC: the end of the paid period.
+def start_of_day(day: date, tz_name: str) -> datetime:
+    """00:00 BUSINESS_TZ on `day`, in UTC.
 
     Where the clocks skip midnight that day (America/Santiago in September goes from
     23:59:59 to 01:00), this is the day's first instant, 01:00 local: a missing wall
     time takes the offset from before the change, which lands exactly on it.
     """
-    return datetime.combine(expires_on, time(0), zone(tz_name)).astimezone(UTC)
+    return datetime.combine(day, time(0), zone(tz_name)).astimezone(UTC)
+
+
+def term_end(expires_on: date, tz_name: str) -> datetime:
+    """00:00 BUSINESS_TZ on `expires_on`, in UTC: the end of the paid period."""
+    return start_of_day(expires_on, tz_name)
+
+
+def debit_cutoff_eve(expires_on: date, tz_name: str) -> datetime:
+    """00:00 BUSINESS_TZ on the day before the debit cut-off, in UTC: a mandate revoked
+    by then keeps the debit of the 1st from the bank, with a whole day to spare for a
+    billing step that has to retry."""
+    return start_of_day(debit_cutoff(expires_on) - timedelta(days=1), tz_name)
 
 
 def effective_at(
@@ -85,3 +97,19 @@ def effective_at(
     if Effective(effective) is Effective.NOW:
         return confirmed_at
     return max(term_end(expires_on, tz_name), confirmed_at)
+
+
+def billing_closes_at(
+    outcome: BillingOutcome,
+    confirmed_at: datetime,
+    effective_at: datetime,
+    expires_on: date,
+    tz_name: str,
+) -> datetime:
+    """When the billing step of a confirmed cancellation runs: with the deletion, at
+    `effective_at`, unless the outcome promises that the next debit is cancelled
+    (`debit_cancelled`) and the deletion waits past the debit cut-off's eve; then at that
+    eve, or at once when the eve has begun before the confirmation."""
+    if outcome is not BillingOutcome.DEBIT_CANCELLED:
+        return effective_at
+    return max(confirmed_at, min(effective_at, debit_cutoff_eve(expires_on, tz_name)))

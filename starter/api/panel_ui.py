@@ -26,7 +26,7 @@ from bajas.models import (
 from starter.api import store
 from starter.api.edge import from_loopback, template_path_for
 from starter.api.security import new_csrf_token
-from workflows.rules import auto_debit_cutoff
+from workflows.rules import auto_debit_cutoff, debit_cutoff
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -181,6 +181,18 @@ class ServiceCard:
             st.effective_at if st.state in (State.AWAITING_CONFIRMATION, State.SCHEDULED) else None
         )
 
+    def billing_note(self, tz_name: str) -> str | None:
+        """While scheduled: when billing closes ahead of the deletion, or that it has."""
+        st = self.status
+        if st is None or st.state is not State.SCHEDULED:
+            return None
+        if st.steps.billing.status is StepStatus.DONE:
+            return texts.BILLING_CLOSED_EARLY
+        closes_at, deletion = st.billing_closes_at, st.effective_at
+        if closes_at is None or deletion is None or closes_at >= deletion:
+            return None
+        return texts.billing_closes_early(closes_at, debit_cutoff(self.service.expires_on), tz_name)
+
     @property
     def cancellation(self) -> CancellationStatus | None:
         """The cancellation the timeline tells: the running one, or the last ended."""
@@ -204,7 +216,10 @@ class ServiceCard:
     def ended_note(self) -> str | None:
         if self.ended is None or self.service.status == "cancelled":
             return None
-        return ENDED_NOTES.get(self.ended.state)
+        note = ENDED_NOTES.get(self.ended.state)
+        if note and self.ended.steps.billing.status is StepStatus.DONE:  # withdrawn after it
+            return f"{note} {texts.billing_stays_closed(self.service.expires_on)}"
+        return note
 
     @property
     def done_summary(self) -> str | None:

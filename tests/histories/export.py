@@ -24,7 +24,8 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from bajas.models import (
@@ -42,13 +43,16 @@ from tests.fakes import FakeActivities, accepted_check, code_for
 from tests.helpers import assert_eventually
 from tests.helpers.temporal import start_local, start_time_skipping
 from workflows.cancellation import ServiceCancellation
+from workflows.rules import debit_cutoff_eve
 from workflows.sandbox import workflow_runner
 from workflows.search_attributes import workflow_id_for
 
 HERE = Path(__file__).parent
 _ids = itertools.count(9_000_001)
 
-Scenario = Callable[[WorkflowHandle, FakeActivities], Awaitable[None]]
+# A scenario drives one run; `env` is the server it runs on (its clock moves on the
+# time-skipping one).
+Scenario = Callable[[WorkflowHandle, FakeActivities, WorkflowEnvironment], Awaitable[None]]
 
 
 async def _status(handle: WorkflowHandle) -> CancellationStatus:
@@ -62,59 +66,75 @@ async def _until(handle: WorkflowHandle, test: Callable[[CancellationStatus], bo
     await assert_eventually(there, "the workflow to get there", timeout=15, interval=0.05)
 
 
-async def cancelled(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+async def cancelled(
+    handle: WorkflowHandle, fakes: FakeActivities, env: WorkflowEnvironment
+) -> None:
     await handle.execute_update("confirm_code", ConfirmInput(code="000000"))
     await handle.execute_update("confirm_code", ConfirmInput(code=code_for(1)))
 
 
-async def resent_then_cancelled(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+async def resent_then_cancelled(
+    handle: WorkflowHandle, fakes: FakeActivities, env: WorkflowEnvironment
+) -> None:
     await _until(handle, lambda s: s.code_sent)
     await handle.execute_update("resend_code")
     await handle.signal("confirm", ConfirmInput(code=code_for(2)))
 
 
-async def expired(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+async def expired(handle: WorkflowHandle, fakes: FakeActivities, env: WorkflowEnvironment) -> None:
     return None
 
 
-async def withdrawn(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+async def withdrawn(
+    handle: WorkflowHandle, fakes: FakeActivities, env: WorkflowEnvironment
+) -> None:
     await _until(handle, lambda s: s.code_sent)
     await handle.signal("withdraw", WithdrawInput(reason="cambié de idea"))
 
 
-async def locked(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+async def locked(handle: WorkflowHandle, fakes: FakeActivities, env: WorkflowEnvironment) -> None:
     for wrong in ("000001", "000002", "000003", "000004", "000005"):
         await handle.execute_update("confirm_code", ConfirmInput(code=wrong))
 
 
-async def rejected(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+async def rejected(handle: WorkflowHandle, fakes: FakeActivities, env: WorkflowEnvironment) -> None:
     return None
 
 
-async def refused_then_retried(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+async def refused_then_retried(
+    handle: WorkflowHandle, fakes: FakeActivities, env: WorkflowEnvironment
+) -> None:
     await handle.signal("confirm", ConfirmInput(code=code_for(1)))
     await _until(handle, lambda s: s.steps.files.status is StepStatus.REFUSED)
     fakes.files_refusals = 0
     await handle.signal("retry", RetryInput(by="operator"))
 
 
-async def failed_then_done(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+async def failed_then_done(
+    handle: WorkflowHandle, fakes: FakeActivities, env: WorkflowEnvironment
+) -> None:
     await handle.signal("confirm", ConfirmInput(code=code_for(1)))
 
 
-async def sla_at_risk(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+async def sla_at_risk(
+    handle: WorkflowHandle, fakes: FakeActivities, env: WorkflowEnvironment
+) -> None:
     await handle.signal("confirm", ConfirmInput(code=code_for(1)))
     await _until(handle, lambda s: s.sla_at_risk)
     assert fakes.files_gate is not None
     fakes.files_gate.set()
 
 
-async def scheduled_then_cancelled(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+async def scheduled_then_cancelled(
+    handle: WorkflowHandle, fakes: FakeActivities, env: WorkflowEnvironment
+) -> None:
     await handle.execute_update("confirm_code", ConfirmInput(code=code_for(1)))
     # awaiting the result then skips the test server's clock to the end of the term
 
 
-async def scheduled_then_withdrawn(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+async def scheduled_then_withdrawn(
+    handle: WorkflowHandle, fakes: FakeActivities, env: WorkflowEnvironment
+) -> None:
     await handle.execute_update("confirm_code", ConfirmInput(code=code_for(1)))
     await _until(handle, lambda s: s.state.value == "scheduled")
     await handle.signal("withdraw", WithdrawInput(by="customer"))
@@ -123,7 +143,21 @@ async def scheduled_then_withdrawn(handle: WorkflowHandle, fakes: FakeActivities
 IN_A_WEEK = date.today() + timedelta(days=7)
 
 
-async def copied_then_cancelled(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+async def billed_early_then_withdrawn(
+    handle: WorkflowHandle, fakes: FakeActivities, env: WorkflowEnvironment
+) -> None:
+    await handle.execute_update("confirm_code", ConfirmInput(code=code_for(1)))
+    [check] = fakes.returned_checks
+    assert check.expires_on is not None
+    eve = debit_cutoff_eve(check.expires_on, check.business_tz)
+    await env.sleep(eve - await env.get_current_time() + timedelta(hours=1))
+    await _until(handle, lambda s: s.steps.billing.status is StepStatus.DONE)
+    await handle.signal("withdraw", WithdrawInput(by="customer"))
+
+
+async def copied_then_cancelled(
+    handle: WorkflowHandle, fakes: FakeActivities, env: WorkflowEnvironment
+) -> None:
     await _until(handle, lambda s: s.code_sent)
     await handle.execute_update(
         "request_archive", ArchiveRequest(customer_id=7, token=secrets.token_urlsafe(32))
@@ -132,7 +166,9 @@ async def copied_then_cancelled(handle: WorkflowHandle, fakes: FakeActivities) -
     await handle.signal("confirm", ConfirmInput(code=code_for(1)))
 
 
-async def copy_too_late(handle: WorkflowHandle, fakes: FakeActivities) -> None:
+async def copy_too_late(
+    handle: WorkflowHandle, fakes: FakeActivities, env: WorkflowEnvironment
+) -> None:
     await _until(handle, lambda s: s.code_sent)
     await handle.execute_update(
         "request_archive", ArchiveRequest(customer_id=7, token=secrets.token_urlsafe(32))
@@ -172,26 +208,43 @@ SCENARIOS: dict[str, tuple[Scenario, dict[str, object]]] = {
         copy_too_late,
         {"check": accepted_check(archive_deadline_seconds=2), "archive_gate": asyncio.Event()},
     ),
+    # paid by automatic debit, expiring in a year (the fake's default): the debit of the
+    # 1st is stopped at 00:00 the day before, then the deletion at the end of the term
+    "billed_early_then_cancelled": (scheduled_then_cancelled, {}),
+    # withdrawn after that: the site stays, billing stays closed (the `withdrawn` mail)
+    "billed_early_then_withdrawn": (billed_early_then_withdrawn, {}),
 }
 # What a scenario's request carries besides the ids.
 REQUESTS: dict[str, dict[str, Any]] = {
     "scheduled_then_cancelled": {"effective": Effective.END_OF_TERM},
     "scheduled_then_withdrawn": {"effective": Effective.END_OF_TERM},
+    "billed_early_then_cancelled": {"effective": Effective.END_OF_TERM},
+    "billed_early_then_withdrawn": {"effective": Effective.END_OF_TERM},
 }
 # Recorded on the time-skipping server: they wait for the end of a term.
-SKIPPING = {"scheduled_then_cancelled"}
+SKIPPING = {
+    "scheduled_then_cancelled",
+    "billed_early_then_cancelled",
+    "billed_early_then_withdrawn",
+}
 
 
 async def record(
-    client: Client, suffix: str, names: list[str], skipping: Client | None = None
+    local: WorkflowEnvironment,
+    suffix: str,
+    names: list[str],
+    skipping: WorkflowEnvironment | None = None,
 ) -> list[Path]:
     written = []
     for name in names:
         scenario, setup = SCENARIOS[name]
         if name in SKIPPING:
             assert skipping is not None, f"{name} needs the time-skipping server"
-        client_ = skipping if name in SKIPPING and skipping is not None else client
-        fakes = FakeActivities(**setup)  # type: ignore[arg-type]
+        env = skipping if name in SKIPPING and skipping is not None else local
+        client_ = env.client
+        # the server's clock, which the time-skipping one moves (local activities see
+        # the wall clock): the fake's default expiry follows it
+        fakes = FakeActivities(**setup, clock=env.get_current_time)  # type: ignore[arg-type]
         queue = f"histories-{uuid.uuid4()}"
         async with Worker(
             client_,
@@ -212,7 +265,7 @@ async def record(
                 id=f"{workflow_id_for(service_id)}-{uuid.uuid4().hex[:6]}",
                 task_queue=queue,
             )
-            await scenario(handle, fakes)
+            await scenario(handle, fakes, env)
             result = await handle.result()
         history = await handle.fetch_history()
         path = HERE / f"{name}{'-' + suffix if suffix else ''}.json"
@@ -234,7 +287,7 @@ async def main() -> None:
     env = await start_local()
     skipping = await start_time_skipping() if SKIPPING & set(names) else None
     try:
-        await record(env.client, args.suffix, names, skipping.client if skipping else None)
+        await record(env, args.suffix, names, skipping)
     finally:
         await env.shutdown()
         if skipping is not None:

@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
+from bajas import texts
 from bajas.config import Settings
 from bajas.limits import (
     BAD_CONTACT_DATA,
@@ -29,6 +30,7 @@ from bajas.models import (
     Effective,
     ReasonCode,
     State,
+    StepStatus,
     archive_file_name,
     is_well_formed_code,
 )
@@ -363,11 +365,19 @@ async def withdraw_cancellation(
 ) -> Response:
     """ "Desistir": drop a cancellation still awaiting its code or scheduled."""
     try:
-        await cancellations.withdraw(service.id, by="panel")
+        withdrawn = await cancellations.withdraw(service.id, by="panel")
     except CancellationError:
         flash(request, "Ya no se puede desistir de esta baja.", "error")
         return _to_service(request, service)
-    flash(request, "Desistió de la baja. El servicio sigue como estaba.", "ok")
+    if withdrawn.steps.billing.status is StepStatus.DONE:  # closed before the debit
+        flash(
+            request,
+            "Desistió de la baja: el sitio y el correo siguen funcionando. "
+            + texts.billing_stays_closed(service.expires_on),
+            "ok",
+        )
+    else:
+        flash(request, "Desistió de la baja. El servicio sigue como estaba.", "ok")
     return _to_service(request, service)
 
 
