@@ -284,11 +284,6 @@ async def test_the_receipt_reads_the_deletion_engines_lines(stack: Stack) -> Non
     assert receipt.domain == svc.domain
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="bytes and messages come with the deletion engine's audit lines (branch wire);"
-    " until then files_deleted and mailboxes_deleted record counts only",
-)
 async def test_the_receipt_sizes_are_what_was_on_disk(stack: Stack) -> None:
     svc = await stack.panel.service(files=120, mailboxes=2)
     on_disk = await measure(svc)
