@@ -4,6 +4,7 @@ running cancellations (non-determinism) fails here, before it reaches a worker."
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,37 +54,42 @@ async def test_stored_history_replays(path: Path) -> None:
     assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
 
 
-async def test_an_unguarded_change_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The wrong-code audit step shipped behind `workflow.patched`; without the guard,
-    the runs recorded before it (v1) would no longer replay. Prove the suite sees that."""
-    monkeypatch.setattr(workflow, "patched", lambda patch_id: True)
+async def replay_failure_with(
+    monkeypatch: pytest.MonkeyPatch, patched: Callable[[str], bool], history: str
+) -> BaseException | None:
+    """Replay a stored history with `workflow.patched` answered by `patched`; the failure."""
+    monkeypatch.setattr(workflow, "patched", patched)
     replayer = Replayer(
         workflows=[ServiceCancellation],
         data_converter=pydantic_data_converter,
         workflow_runner=UnsandboxedWorkflowRunner(),
     )
     result = await replayer.replay_workflow(
-        load(HISTORIES / "locked-v1.json"), raise_on_replay_failure=False
+        load(HISTORIES / f"{history}.json"), raise_on_replay_failure=False
     )
-    assert isinstance(result.replay_failure, NondeterminismError)
+    return result.replay_failure
+
+
+def forcing(patch_id: str, value: bool) -> Callable[[str], bool]:
+    """`workflow.patched` with one patch forced to `value`, the others as they are."""
+    real = workflow.patched
+    return lambda asked: value if asked == patch_id else real(asked)
+
+
+async def test_an_unguarded_change_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wrong-code audit step shipped behind `workflow.patched`; without the guard,
+    the runs recorded before it (v1) would no longer replay. Prove the suite sees that."""
+    failure = await replay_failure_with(monkeypatch, lambda patch_id: True, "locked-v1")
+    assert isinstance(failure, NondeterminismError)
 
 
 async def test_the_end_of_term_needs_its_patch(monkeypatch: pytest.MonkeyPatch) -> None:
     """A run that waited for the end of its term replays only with `end-of-term` on: the
     guard is what keeps the older runs, all `now`, on their path."""
-    real = workflow.patched
-    monkeypatch.setattr(
-        workflow, "patched", lambda patch_id: patch_id != END_OF_TERM and real(patch_id)
+    failure = await replay_failure_with(
+        monkeypatch, forcing(END_OF_TERM, False), "scheduled_then_cancelled-v6"
     )
-    replayer = Replayer(
-        workflows=[ServiceCancellation],
-        data_converter=pydantic_data_converter,
-        workflow_runner=UnsandboxedWorkflowRunner(),
-    )
-    result = await replayer.replay_workflow(
-        load(HISTORIES / "scheduled_then_cancelled-v6.json"), raise_on_replay_failure=False
-    )
-    assert isinstance(result.replay_failure, NondeterminismError)
+    assert isinstance(failure, NondeterminismError)
 
 
 @pytest.mark.parametrize(("history", "forced"), [("cancelled-v3", True), ("cancelled-v5", False)])
@@ -93,21 +99,10 @@ async def test_the_inventory_and_preflight_patch_is_needed(
     """`inventory-and-preflight` adds the inventory before the code mail and the preflight
     before billing: forced on, a run recorded before it fails to replay; forced off, one
     recorded after it does."""
-    real = workflow.patched
-    monkeypatch.setattr(
-        workflow,
-        "patched",
-        lambda patch_id: forced if patch_id == INVENTORY_AND_PREFLIGHT else real(patch_id),
+    failure = await replay_failure_with(
+        monkeypatch, forcing(INVENTORY_AND_PREFLIGHT, forced), history
     )
-    replayer = Replayer(
-        workflows=[ServiceCancellation],
-        data_converter=pydantic_data_converter,
-        workflow_runner=UnsandboxedWorkflowRunner(),
-    )
-    result = await replayer.replay_workflow(
-        load(HISTORIES / f"{history}.json"), raise_on_replay_failure=False
-    )
-    assert isinstance(result.replay_failure, NondeterminismError)
+    assert isinstance(failure, NondeterminismError)
 
 
 @pytest.mark.parametrize(
@@ -121,18 +116,5 @@ async def test_the_end_of_term_billing_needs_its_patch(
     eve, a timer and the billing step before the end of the term. The same cancellation
     recorded before it (v7: billing at the end of the term) fails to replay with the
     patch forced on, and the one recorded after it with the patch forced off."""
-    real = workflow.patched
-    monkeypatch.setattr(
-        workflow,
-        "patched",
-        lambda patch_id: forced if patch_id == END_OF_TERM_BILLING else real(patch_id),
-    )
-    replayer = Replayer(
-        workflows=[ServiceCancellation],
-        data_converter=pydantic_data_converter,
-        workflow_runner=UnsandboxedWorkflowRunner(),
-    )
-    result = await replayer.replay_workflow(
-        load(HISTORIES / f"{history}.json"), raise_on_replay_failure=False
-    )
-    assert isinstance(result.replay_failure, NondeterminismError)
+    failure = await replay_failure_with(monkeypatch, forcing(END_OF_TERM_BILLING, forced), history)
+    assert isinstance(failure, NondeterminismError)
