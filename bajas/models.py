@@ -151,13 +151,27 @@ class MailboxInventory(BaseModel):
     bytes: int
 
 
+class ResourceInventory(BaseModel):
+    """One listed resource as the inventory counts it (contract section 9): a database's
+    bytes and tables, a restic tag's bytes and snapshots, a crontab's lines, a zone's
+    records; None where the kind cannot tell."""
+
+    kind: str
+    name: str
+    server: str | None = None
+    bytes: int | None = None
+    items: int | None = None
+
+
 class Inventory(BaseModel):
     """What confirming deletes (contract section 8): the document root's files and bytes
-    (as `find TOP ! -type d | wc -l` and `du -sb TOP`), each maildir's messages and bytes."""
+    (as `find TOP ! -type d | wc -l` and `du -sb TOP`), each maildir's messages and bytes,
+    and each resource the panel lists for the service (section 9)."""
 
     files: int
     bytes: int
     mailboxes: list[MailboxInventory] = Field(default_factory=list)
+    resources: list[ResourceInventory] = Field(default_factory=list)
 
 
 def is_archive_token(token: object) -> bool:
@@ -694,3 +708,93 @@ class ArchiveResult(BaseModel):
 
 class ArchiveDeleted(BaseModel):
     deleted: bool
+
+
+# --- resources (contract section 9) ----------------------------------------------------
+
+
+class ResourceRef(BaseModel):
+    """One row of the panel's `service_resources`: what identifies the resource on its
+    server. `server` None: the central workers reach it."""
+
+    id: int
+    kind: str
+    name: str
+    server: str | None = None
+
+
+class ResourceContext(BaseModel):
+    """What a kind may need about the service besides its resources, carried in the
+    activity input so that a node worker needs no panel database. `other_domains`: the
+    domains of the other live services (a certificate covering one is refused)."""
+
+    service_id: int
+    domain: str
+    document_root: str | None = None
+    maildirs: list[str] = Field(default_factory=list)
+    other_domains: list[str] = Field(default_factory=list)
+
+
+class ResourceOutcome(BaseModel):
+    """One resource after a step's attempt: `verified` once the kind's check proved it
+    gone; `detail` says what the receipt should add (e.g. files a removed user still owns
+    outside the service's folders, reported and never deleted)."""
+
+    id: int
+    kind: str
+    name: str
+    server: str | None = None
+    verified: bool = False
+    bytes: int | None = None
+    items: int | None = None
+    detail: str | None = None
+
+
+class ResourceStepInput(StepInput):
+    """One attempt of a resource kind's step on one server: every listed resource of
+    that kind there. Idempotent: a resource already gone is verified, not an error."""
+
+    kind: str
+    server: str | None = None
+    resources: list[ResourceRef]
+    context: ResourceContext
+
+
+class ResourceStepResult(StepResult):
+    resources: list[ResourceOutcome] = Field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return sum(1 for r in self.resources if r.verified)
+
+    @property
+    def total(self) -> int | None:
+        return len(self.resources)
+
+    @property
+    def detail(self) -> str | None:
+        notes = [f"{r.name}: {r.detail}" for r in self.resources if r.detail]
+        return "; ".join(notes) or None
+
+
+class ResourceCheckInput(BaseModel):
+    """The inventory or the preflight of a service's resources on one server."""
+
+    service_id: int
+    customer_id: int
+    server: str | None = None
+    resources: list[ResourceRef]
+    context: ResourceContext
+
+
+class ResourceCheckResult(BaseModel):
+    resources: list[ResourceInventory] = Field(default_factory=list)
+
+
+class StepOrder(BaseModel):
+    """A deprovisioning step and the steps that must be done before it starts: what the
+    kinds declare (`after`, `before`), resolved by the central worker so the workflow
+    gets it as data. Billing precedes every other step."""
+
+    step: str
+    after: list[str] = Field(default_factory=list)
