@@ -9,6 +9,6 @@ from bajas.models import Step
 PATH_REFUSED = "PathRefused"
 
 
-def path_refused(message: str, step: Step) -> ApplicationError:
-    """`step` names the deprovisioning step whose path is unsafe."""
+def path_refused(message: str, step: Step | str) -> ApplicationError:
+    """`step` names the deprovisioning step whose path (or resource) is unsafe."""
     return ApplicationError(message, step, type=PATH_REFUSED, non_retryable=True)

@@ -364,6 +364,11 @@ class ServiceCheck(BaseModel):
     # after the confirmation the deletion waits for one still being built.
     archive_ttl_seconds: float = 7 * 86400
     archive_deadline_seconds: float = 12 * 3600
+    # Contract section 9: the service's listed resources, the order of every step
+    # (billing, mailboxes, files and one per kind present), and what the kinds may need.
+    resources: list[ResourceRef] = Field(default_factory=list)
+    step_order: list[StepOrder] = Field(default_factory=list)
+    resource_context: ResourceContext | None = None
 
     def accepted_service(self) -> AcceptedService | None:
         """The facts of an accepted service, none missing; None for a rejection."""
@@ -387,6 +392,9 @@ class AcceptedService(BaseModel):
     server: str | None = None
     archive_ttl_seconds: float
     archive_deadline_seconds: float
+    resources: list[ResourceRef] = Field(default_factory=list)
+    step_order: list[StepOrder] = Field(default_factory=list)
+    resource_context: ResourceContext | None = None
 
     @property
     def confirmation_window(self) -> timedelta:
