@@ -32,10 +32,11 @@ from bajas.config import ConfigError, Settings, settings_from_env
 from bajas.db import create_pool
 from bajas.limits import Limits
 from bajas.observability import ActivityLogging, setup_logging
+from bajas.run_chain import RunChain
 from bajas.temporal_client import connect, data_converter
 from workflows.cancellation import ServiceCancellation
 from workflows.sandbox import workflow_runner
-from workflows.search_attributes import node_task_queue
+from workflows.search_attributes import node_task_queue, polled_queues
 
 log = logging.getLogger("bajas.worker")
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
@@ -109,9 +110,38 @@ def activities_for(settings: Settings, pool: asyncpg.Pool) -> Sequence[Any]:
     ]
 
 
+class Workers:
+    """One worker per queue of a central worker (`polled_queues`): the configured one and
+    each release's, run and drained together like one `Worker`."""
+
+    def __init__(self, workers: Sequence[Worker]) -> None:
+        self.workers = list(workers)
+        self.task_queue = self.workers[0].task_queue
+
+    async def run(self) -> None:
+        await asyncio.gather(*(w.run() for w in self.workers))
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(w.shutdown() for w in self.workers))
+
+    async def __aenter__(self) -> Workers:
+        for worker in self.workers:
+            await worker.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for worker in reversed(self.workers):
+            await worker.__aexit__(None, None, None)
+
+
+def central_workers(client: Client, task_queue: str, **options: Any) -> Workers:
+    """The workflow and its activities on every queue this release polls."""
+    return Workers([Worker(client, task_queue=q, **options) for q in polled_queues(task_queue)])
+
+
 def build_worker(
     client: Client, settings: Settings, pool: asyncpg.Pool, node: str | None = None
-) -> Worker:
+) -> Worker | Workers:
     """The central worker (workflow, billing, mail and the node steps of services without
     a server), or with `node` the worker of one hosting server: only its node steps."""
     if node is not None:
@@ -122,11 +152,11 @@ def build_worker(
             max_concurrent_activities=settings.max_concurrent_activities,
             max_concurrent_activity_task_polls=settings.activity_task_pollers,
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
-            interceptors=[ActivityLogging()],
+            interceptors=[ActivityLogging(), RunChain()],
         )
-    return Worker(
+    return central_workers(
         client,
-        task_queue=settings.temporal_task_queue,
+        settings.temporal_task_queue,
         workflows=[ServiceCancellation],
         workflow_runner=workflow_runner(sandboxed=settings.workflow_sandbox),
         activities=activities_for(settings, pool),
@@ -135,7 +165,7 @@ def build_worker(
         max_concurrent_workflow_task_polls=settings.workflow_task_pollers,
         max_concurrent_activity_task_polls=settings.activity_task_pollers,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
-        interceptors=[ActivityLogging()],
+        interceptors=[ActivityLogging(), RunChain()],
     )
 
 

@@ -9,6 +9,7 @@ import asyncpg
 from temporalio import activity
 
 from bajas.models import BillingOutcome, Details, State, TransitionInput
+from bajas.run_chain import chain_run_id
 
 # The actor of every line bajas writes about its own work.
 BAJAS = "bajas"
@@ -42,7 +43,7 @@ async def record(conn: asyncpg.Connection | asyncpg.Pool, entry: TransitionInput
                updated_at = now()
          where run_id = $1 and $8::text is not null
         """,
-        info.workflow_run_id,
+        chain_run_id(),
         info.workflow_id,
         entry.event,
         entry.service_id,

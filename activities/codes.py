@@ -25,6 +25,7 @@ from bajas.models import (
     VerifyCodeResult,
     is_well_formed_code,
 )
+from bajas.run_chain import chain_run_id
 from bajas.texts import code_mail
 
 
@@ -38,7 +39,7 @@ def new_code() -> str:
 
 def _run_id() -> str:
     """The workflow run a code belongs to: part of its HMAC, so no other run can use it."""
-    run_id = activity.info().workflow_run_id
+    run_id = chain_run_id()
     if run_id is None:
         raise RuntimeError("codes are issued and checked only for a workflow run")
     return run_id

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from temporalio.exceptions import ApplicationError
 
-from bajas.models import Step
+from bajas.models import PATH_REFUSED, Step
 
-PATH_REFUSED = "PathRefused"
+__all__ = ["PATH_REFUSED", "path_refused"]
 
 
 def path_refused(message: str, step: Step | str) -> ApplicationError:

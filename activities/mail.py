@@ -13,14 +13,18 @@ import asyncpg
 from temporalio import activity
 
 from bajas import texts
-from bajas.models import MAX_WRONG_CODES, NoticeInput, NoticeResult
+from bajas.models import (
+    KIND_CANCELLED,
+    KIND_LOCKED,
+    KIND_SLA_AT_RISK,
+    KIND_WITHDRAWN,
+    MAX_WRONG_CODES,
+    NoticeInput,
+    NoticeResult,
+)
 from bajas.receipts import stored_receipt
+from bajas.run_chain import chain_run_id
 
-KIND_CANCELLED = "cancelled"
-KIND_SLA_AT_RISK = "sla_at_risk"
-KIND_LOCKED = "locked"
-# a withdrawal while scheduled, after billing had closed: the site stays, billing does not
-KIND_WITHDRAWN = "withdrawn"
 # What no header may carry: a line break would end the header (or be refused by `email`).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
 
@@ -82,7 +86,7 @@ class NoticeActivities:
         info = activity.info()
         already = await self.pool.fetchval(
             "select 1 from bajas.sent_mails where run_id = $1 and kind = $2",
-            info.workflow_run_id,
+            chain_run_id(),
             data.kind,
         )
         if already:
@@ -101,9 +105,7 @@ class NoticeActivities:
                 name=row["name"],
                 domain=row["domain"],
                 outcome=data.billing_outcome,
-                receipt=await stored_receipt(
-                    self.pool, data.service_id, info.workflow_run_id or ""
-                ),
+                receipt=await stored_receipt(self.pool, data.service_id, chain_run_id()),
                 tz_name=self.business_tz,
                 term_end=data.term_end,
                 archive=data.archive,
@@ -141,7 +143,7 @@ class NoticeActivities:
             raise ValueError(f"unknown notice kind {data.kind!r}")
         await self.pool.execute(
             "insert into bajas.sent_mails (run_id, kind) values ($1, $2) on conflict do nothing",
-            info.workflow_run_id,
+            chain_run_id(),
             data.kind,
         )
         return NoticeResult(sent=True)

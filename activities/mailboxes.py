@@ -25,6 +25,7 @@ from activities.paths import UnsafePath
 from activities.safety import Maildir, PanelPaths, check_paths
 from activities.walks import Walker
 from bajas.models import DeprovisionInput, MailboxesResult, Step
+from bajas.run_chain import chain_run_id
 
 # The mailboxes this run has deleted, one audit line each.
 _DELETED_IN_RUN = """
@@ -79,7 +80,7 @@ class MailboxActivities:
         await self._check(data, paths.maildirs)
         deleted = [
             json.loads(row["details"]) if isinstance(row["details"], str) else row["details"]
-            for row in await self.pool.fetch(_DELETED_IN_RUN, activity.info().workflow_run_id)
+            for row in await self.pool.fetch(_DELETED_IN_RUN, chain_run_id())
         ]
         for mailbox in deleted:
             mailbox.pop("node", None)

@@ -20,6 +20,7 @@ from bajas.models import (
     TransitionInput,
 )
 from bajas.receipts import RECEIPT, build_receipt
+from bajas.run_chain import chain_run_id
 
 
 class PanelDbActivities:
@@ -70,7 +71,7 @@ class PanelDbActivities:
             check = ServiceCheck(
                 accepted=False, rejection_reason="service already cancelled", **self.timing
             )
-        elif refusal := await self._refusal(data, row, info.workflow_run_id or ""):
+        elif refusal := await self._refusal(data, row, chain_run_id()):
             check = ServiceCheck(accepted=False, rejection_reason=refusal, **self.timing)
         else:
             check = ServiceCheck(
@@ -91,7 +92,7 @@ class PanelDbActivities:
                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                 on conflict (run_id) do nothing
                 """,
-                info.workflow_run_id,
+                chain_run_id(),
                 info.workflow_id,
                 data.service_id,
                 data.customer_id,
@@ -165,5 +166,5 @@ class PanelDbActivities:
                 from_state=State.DEPROVISIONING,
                 to_state=State.CANCELLED,
             )
-            receipt = await build_receipt(conn, activity.info().workflow_run_id or "")
+            receipt = await build_receipt(conn, chain_run_id())
             await record_work(conn, data, RECEIPT, receipt.model_dump(mode="json"))

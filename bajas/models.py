@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import ItemsView, Iterator, Sequence
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Self, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, Field, JsonValue, ValidationError
+from pydantic import AwareDatetime, BaseModel, Field, JsonValue, RootModel, ValidationError
 
 CODE_LENGTH = 6
 MAX_WRONG_CODES = 5
@@ -24,6 +24,16 @@ M = TypeVar("M", bound="BaseModel")
 
 # What the free-text reason of a request may hold, in characters.
 MAX_REASON_CHARS = 500
+
+# Contract names shared by the workflow and the activities: the error type of a refused
+# path or resource (non-retryable; the run waits for an operator's `retry`), and the
+# kinds of `send_notice`.
+PATH_REFUSED = "PathRefused"
+KIND_CANCELLED = "cancelled"
+KIND_SLA_AT_RISK = "sla_at_risk"
+KIND_LOCKED = "locked"
+# a withdrawal while scheduled, after billing had closed: the site stays, billing does not
+KIND_WITHDRAWN = "withdrawn"
 
 
 class State(StrEnum):
@@ -112,6 +122,8 @@ class StepProgress(BaseModel):
     attempts: int = 0
     error: str | None = None
     verified: bool = False
+    # Since when the step's attempts fail, while they do: the backoff grows with it.
+    failing_since: AwareDatetime | None = None
 
     def finish(self, result: StepResult) -> None:
         self.status = StepStatus.DONE
@@ -119,18 +131,48 @@ class StepProgress(BaseModel):
         self.total = result.total
         self.detail = result.detail
         self.error = None
+        self.failing_since = None
         self.verified = result.verified
 
 
-class Steps(BaseModel):
-    billing: StepProgress = Field(default_factory=StepProgress)
-    mailboxes: StepProgress = Field(default_factory=StepProgress)
-    files: StepProgress = Field(default_factory=StepProgress)
+def _first_steps() -> dict[str, StepProgress]:
+    return {step.value: StepProgress() for step in Step}
 
-    def __getitem__(self, step: Step) -> StepProgress:
-        return {Step.BILLING: self.billing, Step.MAILBOXES: self.mailboxes, Step.FILES: self.files}[
-            step
-        ]
+
+class Steps(RootModel[dict[str, StepProgress]]):
+    """Every step of the deprovisioning by name, as a JSON object: billing, mailboxes,
+    files, and one per resource kind the service has (contract section 9). Decodes the
+    three-field object of older histories and statuses as it is."""
+
+    root: dict[str, StepProgress] = Field(default_factory=_first_steps)
+
+    def __getitem__(self, step: str) -> StepProgress:
+        return self.root[step]
+
+    def __contains__(self, step: object) -> bool:
+        return step in self.root
+
+    def __iter__(self) -> Iterator[str]:  # type: ignore[override]
+        return iter(self.root)
+
+    def items(self) -> ItemsView[str, StepProgress]:
+        return self.root.items()
+
+    def add(self, step: str) -> StepProgress:
+        """The step's progress, added as pending when it is not listed yet."""
+        return self.root.setdefault(step, StepProgress())
+
+    @property
+    def billing(self) -> StepProgress:
+        return self.add(Step.BILLING)
+
+    @property
+    def mailboxes(self) -> StepProgress:
+        return self.add(Step.MAILBOXES)
+
+    @property
+    def files(self) -> StepProgress:
+        return self.add(Step.FILES)
 
 
 def is_well_formed_code(code: object) -> bool:
@@ -229,6 +271,8 @@ class CancellationInput(BaseModel):
     reason: str | None = None
     effective: Effective = Effective.NOW
     reason_code: ReasonCode | None = None
+    # Set only by the run itself when it continues as new (`Carried`); None at a start.
+    carried: Carried | None = None
 
 
 class ConfirmInput(BaseModel):
@@ -806,3 +850,44 @@ class StepOrder(BaseModel):
 
     step: str
     after: list[str] = Field(default_factory=list)
+
+
+# --- a run continued as new ------------------------------------------------------------
+
+
+class Phase(StrEnum):
+    """Where a continued run picks up: waiting for the end of the term, closing billing
+    at the debit's eve (and waiting on), or the deletion itself."""
+
+    SCHEDULED = "scheduled"
+    BILLING_EVE = "billing_eve"
+    EFFECTIVE = "effective"
+
+
+class Carried(BaseModel):
+    """What a run hands to the next when it continues as new: everything `status` shows,
+    and what the next phase needs. `release` is the workflow code's release that wrote
+    it: a worker of an older one never sees it (docs/VERSIONING.md)."""
+
+    release: int
+    phase: Phase
+    state: State
+    service: AcceptedService
+    requested_at: AwareDatetime
+    confirmed_at: AwareDatetime
+    effective_at: AwareDatetime
+    billing_outcome: BillingOutcome
+    timeline: list[TimelineEvent]
+    steps: Steps
+    attempts_left: int
+    resends_left: int
+    code: IssueCodeResult | None = None
+    inventory: Inventory | None = None
+    archive: ArchiveStatus | None = None
+    archive_input: ArchiveInput | None = None
+    sla_at_risk: bool = False
+    retry_requested: bool = False
+    withdrawn_by: str | None = None
+
+
+CancellationInput.model_rebuild()

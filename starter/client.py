@@ -50,11 +50,13 @@ from bajas.models import (
     is_well_formed_code,
     reason_refusal,
 )
+from workflows import handler_names as names
 from workflows.search_attributes import (
     CANCELLATION_STATE,
     CUSTOMER_ID,
     SERVICE_ID,
     WORKFLOW_TYPE,
+    release_queue,
     workflow_id_for,
 )
 
@@ -114,7 +116,8 @@ class CancellationClient:
                 reason_code=reason_code,
             ),
             id=workflow_id_for(service_id),
-            task_queue=self.task_queue,
+            # this release's queue: no worker of an earlier release runs the run
+            task_queue=release_queue(self.task_queue),
             result_type=CancellationResult,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
@@ -132,7 +135,7 @@ class CancellationClient:
         try:
             status = await asyncio.wait_for(
                 self.client.execute_update_with_start_workflow(
-                    "wait_for_code",
+                    names.WAIT_FOR_CODE,
                     start_workflow_operation=start,
                     result_type=CancellationStatus,
                 ),
@@ -166,7 +169,7 @@ class CancellationClient:
             raise CancellationError("the confirmation code must be exactly 6 digits")
         try:
             return await self.handle(service_id).execute_update(
-                "confirm_code", ConfirmInput(code=code), result_type=ConfirmResult
+                names.CONFIRM_CODE, ConfirmInput(code=code), result_type=ConfirmResult
             )
         except WorkflowUpdateFailedError as err:
             raise CancellationError(_cause_message(err)) from err
@@ -176,7 +179,7 @@ class CancellationClient:
     async def resend(self, service_id: int) -> ResendResult:
         try:
             return await self.handle(service_id).execute_update(
-                "resend_code", ResendInput(), result_type=ResendResult
+                names.RESEND_CODE, ResendInput(), result_type=ResendResult
             )
         except WorkflowUpdateFailedError as err:
             raise CancellationError(_cause_message(err)) from err
@@ -193,7 +196,7 @@ class CancellationClient:
         """
         try:
             return await self.handle(service_id).execute_update(
-                "withdraw_cancellation",
+                names.WITHDRAW_CANCELLATION,
                 WithdrawInput(reason=reason, by=by),
                 result_type=CancellationStatus,
             )
@@ -213,7 +216,7 @@ class CancellationClient:
         request = ArchiveRequest(customer_id=customer_id, token=secrets.token_urlsafe(32))
         try:
             return await self.handle(service_id).execute_update(
-                "request_archive", request, result_type=ArchiveStatus
+                names.REQUEST_ARCHIVE, request, result_type=ArchiveStatus
             )
         except WorkflowUpdateFailedError as err:
             raise CancellationError(_cause_message(err)) from err
@@ -223,7 +226,7 @@ class CancellationClient:
     async def archive_link(self, service_id: int, customer_id: int) -> ArchiveLink | None:
         """The last copy's token and state, if this customer's cancellation has one."""
         try:
-            link = await self.handle(service_id).query("archive_link", result_type=ArchiveLink)
+            link = await self.handle(service_id).query(names.ARCHIVE_LINK, result_type=ArchiveLink)
         except RPCError as err:
             raise _rpc_error(err, service_id) from err
         return link if link is not None and link.customer_id == customer_id else None
@@ -242,7 +245,7 @@ class CancellationClient:
         self, handle: WorkflowHandle[object, CancellationResult]
     ) -> CancellationStatus:
         try:
-            return await handle.query("status", result_type=CancellationStatus)
+            return await handle.query(names.STATUS, result_type=CancellationStatus)
         except RPCError as err:
             raise _rpc_error(err, _service_of(handle.id)) from err
 

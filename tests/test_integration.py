@@ -860,7 +860,10 @@ async def test_end_of_term_tomorrow_is_scheduled_and_can_be_withdrawn(stack: Any
     assert status.billing_closes_at == end  # with the deletion: no debit left to stop
     described = await stack.cancellations.handle(svc.service_id).describe()
     assert described.typed_search_attributes.get(CANCELLATION_STATE) == "scheduled"
-    # the reason is the customer's: not in what operators see on the workflow
+    # the reason is the customer's: not in what operators see on the workflow (the
+    # texts given at the start stay on the first run; later runs show the details)
+    first = stack.client.get_workflow_handle(answer.workflow_id, run_id=run_id)
+    described = await first.describe()
     shown = f"{await described.static_summary()} {await described.static_details()}"
     assert "end_of_term" in shown and "cerramos" not in shown and "cierre" not in shown
 

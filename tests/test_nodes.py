@@ -30,7 +30,7 @@ from tests.conftest import Stack
 from tests.helpers import assert_eventually
 from tests.helpers.mail import code_in, mails_about
 from tests.helpers.panel import Panel, ServiceFixture, tree_files
-from worker import build_worker
+from worker import Workers, build_worker
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,7 @@ NODES = ("web01", "web02")
 
 
 @asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[Worker]:
+async def running(worker: Worker | Workers) -> AsyncIterator[Worker | Workers]:
     task = asyncio.create_task(worker.run())
     try:
         yield worker

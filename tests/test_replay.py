@@ -14,15 +14,14 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 from temporalio.workflow import NondeterminismError
 
-from workflows.cancellation import (
-    END_OF_TERM,
-    END_OF_TERM_BILLING,
-    INVENTORY_AND_PREFLIGHT,
-    ServiceCancellation,
-)
+from workflows.cancellation import ServiceCancellation
 from workflows.sandbox import workflow_runner
 
 HISTORIES = Path(__file__).parent / "histories"
+# Patch ids (workflows/patches.py: the attribute names with `-` for `_`).
+END_OF_TERM = "end-of-term"
+END_OF_TERM_BILLING = "end-of-term-billing"
+INVENTORY_AND_PREFLIGHT = "inventory-and-preflight"
 ENDINGS = ("cancelled", "expired", "withdrawn", "locked", "rejected")
 
 

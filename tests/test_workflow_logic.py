@@ -30,7 +30,6 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
 from bajas.models import (
     MAX_RESENDS,
@@ -59,6 +58,7 @@ from bajas.models import (
 from tests import fakes
 from tests.fakes import FakeActivities, accepted_check, code_for
 from tests.helpers import assert_eventually, new_id
+from worker import central_workers
 from workflows import rules
 from workflows.cancellation import ServiceCancellation
 from workflows.sandbox import workflow_runner
@@ -70,6 +70,7 @@ from workflows.search_attributes import (
     CUSTOMER_ID,
     SERVICE_ID,
     SLA_AT_RISK,
+    release_queue,
     workflow_id_for,
 )
 
@@ -94,7 +95,7 @@ class Harness:
             ServiceCancellation.run,
             data,
             id=workflow_id_for(self.service_id),
-            task_queue=self.task_queue,
+            task_queue=release_queue(self.task_queue),
         )
         self.handles.append(handle)
         return handle
@@ -103,9 +104,9 @@ class Harness:
 @pytest_asyncio.fixture
 async def h(env: WorkflowEnvironment) -> AsyncIterator[Harness]:
     harness = Harness(env, FakeActivities(clock=env.get_current_time), str(uuid.uuid4()), new_id())
-    async with Worker(
+    async with central_workers(
         env.client,
-        task_queue=harness.task_queue,
+        harness.task_queue,
         workflows=[ServiceCancellation],
         activities=harness.fakes.activities(),
         workflow_runner=workflow_runner(),

@@ -21,13 +21,12 @@ import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 from pydantic import SecretStr
 from rich.console import Console
 from temporalio.client import Client
-from temporalio.worker import Worker
 
 from bajas.codec import new_payload_key
 from bajas.config import (
@@ -203,7 +202,7 @@ def _stop_postgres(server: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_worker(worker: Worker) -> AsyncIterator[asyncio.Task[None]]:
+async def running_worker(worker: _Polling) -> AsyncIterator[asyncio.Task[None]]:
     """The worker polling; on the way out it drains (its graceful shutdown timeout)."""
     task = asyncio.create_task(worker.run())
     try:
@@ -211,6 +210,14 @@ async def running_worker(worker: Worker) -> AsyncIterator[asyncio.Task[None]]:
     finally:
         with contextlib.suppress(Exception):
             await worker.shutdown()
+
+
+class _Polling(Protocol):
+    """A worker, or the central workers of every queue (`worker.Workers`)."""
+
+    async def run(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
 
 
 class _Server(uvicorn.Server):
