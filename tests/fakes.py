@@ -40,6 +40,12 @@ from bajas.models import (
     PaymentMethod,
     PreflightInput,
     PreflightResult,
+    ResourceCheckInput,
+    ResourceCheckResult,
+    ResourceInventory,
+    ResourceOutcome,
+    ResourceStepInput,
+    ResourceStepResult,
     ServiceCheck,
     ServiceCheckInput,
     TransitionInput,
@@ -132,6 +138,12 @@ class FakeActivities:
     returned_checks: list[ServiceCheck] = field(default_factory=list)
     # the test server's clock: local activities see the wall clock, not skipped time
     clock: Callable[[], Awaitable[datetime]] | None = None
+    # delete_resources fails this many times (a database server away) before it works
+    resource_failures: int = 0
+    # record_transition of this event waits on `transition_gate` (set `transition_held`)
+    held_transition: str | None = None
+    transition_gate: asyncio.Event = field(default_factory=asyncio.Event)
+    transition_held: asyncio.Event = field(default_factory=asyncio.Event)
 
     # ---- what the tests read ------------------------------------------------------
 
@@ -165,7 +177,12 @@ class FakeActivities:
             self.send_notice,
             self.build_archive,
             self.delete_archive,
+            *self.resource_activities(),
         ]
+
+    def resource_activities(self) -> list[Any]:
+        """What a node worker of a resource's server runs too (contract section 9)."""
+        return [self.inventory_resources, self.preflight_resources, self.delete_resources]
 
     async def _record(self, name: str, data: BaseModel) -> None:
         info = activity.info()
@@ -214,6 +231,9 @@ class FakeActivities:
     @activity.defn(name="record_transition")
     async def record_transition(self, entry: TransitionInput) -> None:
         await self._record("record_transition", entry)
+        if entry.event == self.held_transition:
+            self.transition_held.set()
+            await self.transition_gate.wait()
 
     @activity.defn(name="take_inventory")
     async def take_inventory(self, data: InventoryInput) -> InventoryResult:
@@ -307,3 +327,34 @@ class FakeActivities:
     async def delete_archive(self, data: ArchiveInput) -> ArchiveDeleted:
         await self._record("delete_archive", data)
         return ArchiveDeleted(deleted=True)
+
+    @activity.defn(name="inventory_resources")
+    async def inventory_resources(self, data: ResourceCheckInput) -> ResourceCheckResult:
+        await self._record("inventory_resources", data)
+        return ResourceCheckResult(
+            resources=[
+                ResourceInventory(kind=r.kind, name=r.name, server=r.server, bytes=1024, items=3)
+                for r in data.resources
+            ]
+        )
+
+    @activity.defn(name="preflight_resources")
+    async def preflight_resources(self, data: ResourceCheckInput) -> ResourceCheckResult:
+        await self._record("preflight_resources", data)
+        return ResourceCheckResult()
+
+    @activity.defn(name="delete_resources")
+    async def delete_resources(self, data: ResourceStepInput) -> ResourceStepResult:
+        await self._record("delete_resources", data)
+        if self.resource_failures > 0:
+            self.resource_failures -= 1
+            raise ApplicationError(
+                f"{data.kind} server {data.server} away", type="ServerUnavailable"
+            )
+        return ResourceStepResult(
+            verified=True,
+            resources=[
+                ResourceOutcome(id=r.id, kind=r.kind, name=r.name, server=r.server, verified=True)
+                for r in data.resources
+            ],
+        )

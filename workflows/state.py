@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
         CancellationInput,
         CancellationStatus,
         Carried,
+        Effective,
         Inventory,
         IssueCodeResult,
         NoticeInput,
@@ -321,7 +322,7 @@ class RunState:
 
     def _end_of_term(self) -> bool:
         # Runs recorded before `end-of-term` carry no `effective`: they all confirm for `now`.
-        return self.patches.end_of_term and self.input.effective.value == "end_of_term"
+        return self.patches.end_of_term and self.input.effective is Effective.END_OF_TERM
 
     @staticmethod
     def _outcome_at(service: AcceptedService, instant: datetime) -> BillingOutcome:

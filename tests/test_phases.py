@@ -1,0 +1,210 @@
+"""Runs joined by continue-as-new (issue 16): the boundaries, the hand-over, a step that
+keeps failing, and the resource kinds' steps, on the time-skipping server with fake
+activities under the real names."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle
+from temporalio.worker import Worker
+
+from bajas.models import (
+    Effective,
+    ResourceContext,
+    ResourceRef,
+    RetryInput,
+    State,
+    StepOrder,
+    StepStatus,
+    WithdrawInput,
+)
+from tests import fakes, test_workflow_logic
+from tests.fakes import accepted_check, code_for
+from tests.test_workflow_logic import (
+    Harness,
+    confirm_code,
+    past,
+    result_of,
+    scheduled_for,
+    status,
+    wait_status,
+)
+from workflows.cancellation import ServiceCancellation
+from workflows.search_attributes import node_task_queue
+from workflows.steps import ATTEMPTS_PER_RUN
+
+# the harness of the workflow-logic tests: fakes on a fresh queue, time skipping
+h = test_workflow_logic.h
+
+
+async def runs_of(handle: WorkflowHandle[Any, Any]) -> list[int]:
+    """The event count of each run of the chain, first to last."""
+    counts, run_id = [], handle.first_execution_run_id or handle.result_run_id
+    client = handle._client
+    while run_id is not None:
+        history = await client.get_workflow_handle(handle.id, run_id=run_id).fetch_history()
+        counts.append(len(history.events))
+        last = history.events[-1]
+        continued = last.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+        attributes = last.workflow_execution_continued_as_new_event_attributes
+        run_id = attributes.new_execution_run_id if continued else None
+    return counts
+
+
+@pytest.mark.time_skipping
+async def test_a_step_failing_for_30_days_hands_over_and_finishes_once_fixed(
+    h: Harness,
+) -> None:
+    """A file made immutable for a month: no run's history grows past its bound, the
+    status keeps the attempts and the error across the runs, and `retry` after the fix
+    finishes the deletion at once."""
+    f = h.fakes
+    f.files_failures = 10**6
+    handle = await h.start()
+    assert (await confirm_code(handle, code_for(1))).state is State.DEPROVISIONING
+    await wait_status(handle, lambda s: s.steps.files.attempts >= 2)
+    await h.env.sleep(timedelta(days=30))
+    st = await status(handle)
+    assert st.state is State.DEPROVISIONING and st.sla_at_risk
+    assert st.steps.files.attempts > ATTEMPTS_PER_RUN
+    assert st.steps.files.error and "PermissionError" in st.steps.files.error
+    assert st.steps.mailboxes.status is StepStatus.DONE
+    f.files_failures = 0
+    await handle.signal(ServiceCancellation.retry, RetryInput(by="operator"))
+    assert (await result_of(handle)).state is State.CANCELLED
+    counts = await runs_of(handle)
+    print(f"30 days of a failing step: {len(counts)} runs, events {counts}")
+    assert len(counts) > 1 and max(counts) <= 10_000
+    assert f.notice_kinds().count("sla_at_risk") == 1  # one alert, whatever the runs
+
+
+@pytest.mark.time_skipping
+@pytest.mark.parametrize("when", ["scheduled", "after_billing_eve"])
+async def test_a_scheduled_run_crosses_its_boundaries_and_can_be_withdrawn_at_each(
+    h: Harness, when: str
+) -> None:
+    """The confirmation for the end of the term and the debit's eve each start a new run;
+    a withdrawal after either ends the cancellation as it did in one run."""
+    f = h.fakes
+    handle, _, st = await scheduled_for(h, "20th")
+    assert st.billing_closes_at is not None and st.effective_at is not None
+    if when == "after_billing_eve":
+        await past(h, st.billing_closes_at)
+        await wait_status(handle, lambda s: s.steps.billing.status is StepStatus.DONE)
+    answer = await handle.execute_update(
+        ServiceCancellation.withdraw_cancellation, WithdrawInput(by="customer")
+    )
+    assert answer.state is State.WITHDRAWN
+    assert (await result_of(handle)).state is State.WITHDRAWN
+    st = await status(handle)
+    billed = when == "after_billing_eve"
+    assert (st.steps.billing.status is StepStatus.DONE) is billed
+    assert f.notice_kinds() == (["withdrawn"] if billed else [])
+    assert f.events() == ["confirmed", "withdrawn"]
+    assert [e.event for e in st.timeline][:4] == [
+        "requested",
+        "code_sent",
+        "confirmed",
+        "scheduled",
+    ]
+    assert len(await runs_of(handle)) == (3 if billed else 2)
+
+
+@pytest.mark.time_skipping
+async def test_a_scheduled_run_deletes_in_a_run_of_its_own_within_its_budget(h: Harness) -> None:
+    """Confirmed, the debit's eve, the end of the term: four runs, each short."""
+    handle, _, st = await scheduled_for(h, "20th")
+    assert (await result_of(handle)).state is State.CANCELLED
+    counts = await runs_of(handle)
+    print(f"scheduled cancellation: events per run {counts}")
+    assert len(counts) == 4 and sum(counts) < 200
+
+
+@pytest.mark.parametrize("message", ["signal", "update"])
+async def test_a_withdrawal_during_the_hand_over_is_not_lost(h: Harness, message: str) -> None:
+    """The withdrawal lands while the run audits its confirmation, just before it hands
+    over: the handler runs in this run or in the next, never in neither."""
+    f = h.fakes
+    f.held_transition = "confirmed"
+    handle = await h.start(effective=Effective.END_OF_TERM)
+    await wait_status(handle, lambda s: s.code_sent)
+    update = asyncio.ensure_future(confirm_code(handle, code_for(1)))
+    await asyncio.wait_for(f.transition_held.wait(), timeout=10)
+    if message == "signal":
+        await handle.signal(ServiceCancellation.withdraw, WithdrawInput(by="customer"))
+    else:
+        withdrawn = asyncio.ensure_future(
+            handle.execute_update(
+                ServiceCancellation.withdraw_cancellation, WithdrawInput(by="customer")
+            )
+        )
+    f.transition_gate.set()
+    # The run handing over cannot close while a message is unhandled: the server refuses
+    # its continue-as-new, and the task runs again with the withdrawal in it (which may
+    # then come before the code's check, when both landed in one task).
+    assert (await update).state in (State.SCHEDULED, State.WITHDRAWN)
+    if message == "update":
+        assert (await withdrawn).state is State.WITHDRAWN
+    assert (await result_of(handle)).state is State.WITHDRAWN
+    assert f.events()[-1] == "withdrawn"
+    assert f.deprovisioning_calls() == []
+    assert f.inputs("send_notice") == []
+
+
+async def test_resource_kinds_run_as_steps_on_their_servers(h: Harness) -> None:
+    """A database on its server's node and a cron entry on the central workers: each kind
+    is a step of its own, after the files, its failures retried like any step."""
+    f = h.fakes
+    f.resource_failures = 1
+    resources = [
+        ResourceRef(id=1, kind="database", name="tienda", server="db01"),
+        ResourceRef(id=2, kind="database", name="blog", server="db01"),
+        ResourceRef(id=3, kind="cron", name="backup.sh"),
+    ]
+    f.check = accepted_check(
+        resources=resources,
+        resource_context=ResourceContext(service_id=h.service_id, domain="ejemplo.com.ar"),
+        step_order=[
+            StepOrder(step="billing"),
+            StepOrder(step="mailboxes", after=["billing"]),
+            StepOrder(step="files", after=["billing"]),
+            StepOrder(step="database", after=["files"]),
+            StepOrder(step="cron", after=["billing"]),
+        ],
+    )
+    async with Worker(
+        h.env.client,
+        task_queue=node_task_queue(h.task_queue, "db01"),
+        activities=f.resource_activities(),
+    ):
+        handle = await h.start()
+        await wait_status(handle, lambda s: s.inventory is not None and bool(s.inventory.resources))
+        assert (await confirm_code(handle, code_for(1))).accepted
+        assert (await result_of(handle)).state is State.CANCELLED
+    st = await status(handle)
+    assert list(st.steps.root) == ["billing", "mailboxes", "files", "database", "cron"]
+    database, cron = st.steps["database"], st.steps["cron"]
+    assert (database.status, database.done, database.total) == (StepStatus.DONE, 2, 2)
+    assert (cron.status, cron.done, cron.total) == (StepStatus.DONE, 1, 1)
+    assert database.attempts + cron.attempts == 3  # one failed attempt, retried
+    assert st.inventory is not None and {r.name for r in st.inventory.resources} == {
+        "tienda",
+        "blog",
+        "backup.sh",
+    }
+    names = f.names()
+    assert names.index("preflight_resources") < names.index("close_billing")
+    deleted = [c.input for c in f.calls if c.name == "delete_resources"]
+    assert {(d.kind, d.server) for d in deleted} == {("database", "db01"), ("cron", None)}
+    database_at = min(
+        i
+        for i, c in enumerate(f.calls)
+        if c.name == "delete_resources" and c.input.kind == "database"
+    )
+    assert names.index("delete_files") < database_at
+    assert fakes.FILES == st.steps.files.done
