@@ -27,6 +27,7 @@ from bajas.models import (
     Effective,
     ReasonCode,
     State,
+    StepProgress,
     StepStatus,
     reason_refusal,
 )
@@ -631,11 +632,8 @@ def _print_status(status: CancellationStatus, *, title: str) -> None:
         ("billing closes at", status.billing_closes_at),
         ("reason code", status.reason_code and status.reason_code.value),
     ]
-    for name in ("billing", "mailboxes", "files"):
-        step = getattr(status.steps, name)
-        total = f"/{step.total}" if step.total is not None else ""
-        detail = f" — {step.detail}" if step.detail else ""
-        rows.append((f"step {name}", f"{step.status.value} {step.done}{total}{detail}"))
+    for name, step in status.steps.items():
+        rows.append((f"step {name}", _step_line(step)))
     if status.archive is not None:
         copy = status.archive
         size = f", {copy.bytes} bytes" if copy.bytes is not None else ""
@@ -645,6 +643,24 @@ def _print_status(status: CancellationStatus, *, title: str) -> None:
         if value is not None:
             table.add_row(key, str(value))
     out.print(table)
+
+
+def _step_line(step: StepProgress) -> str:
+    """What `--json` says of a step, in one line: "running, 62/82 done, attempt 3,
+    last error: PermissionError: …"."""
+    total = f"/{step.total}" if step.total is not None else ""
+    parts = [step.status.value, f"{step.done}{total} done"]
+    if step.attempts:
+        parts.append(
+            f"attempt {step.attempts}"
+            if step.status is not StepStatus.DONE
+            else f"{step.attempts} attempt{'s' if step.attempts > 1 else ''}"
+        )
+    if step.detail:
+        parts.append(step.detail)
+    if step.error:
+        parts.append(f"last error: {step.error}")
+    return ", ".join(parts)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import pytest
 from argon2 import PasswordHasher
+from rich.console import Console
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
 
@@ -662,3 +663,41 @@ async def test_report_counts_the_requests_per_reason_and_outcome(stack: Stack) -
 async def test_report_with_a_bad_date_is_one_line(stack: Stack, text: str) -> None:
     run = await bajas(stack, "report", "--since", text)
     assert_one_error_line(run, 2, "--since", "YYYY-MM-DD", text)
+
+
+def test_the_status_table_shows_each_steps_attempts_error_and_progress(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What `--json` says of a stuck step is in the table too: a user sees the files step
+    on its seventh attempt, why it fails, and how far it got."""
+    from bajas.models import CancellationStatus, StepProgress, Steps, StepStatus
+    from starter import cli
+
+    status = CancellationStatus(
+        state=State.DEPROVISIONING,
+        service_id=1,
+        customer_id=2,
+        requested_by="panel",
+        attempts_left=MAX_WRONG_CODES,
+        resends_left=3,
+        steps=Steps(
+            {
+                "billing": StepProgress(status=StepStatus.DONE, done=3, attempts=1),
+                "mailboxes": StepProgress(status=StepStatus.DONE, done=2, total=2, attempts=1),
+                "files": StepProgress(
+                    status=StepStatus.RUNNING,
+                    done=62,
+                    total=82,
+                    attempts=7,
+                    error="PermissionError: [Errno 1] Operation not permitted: '…/locked.php'",
+                ),
+            }
+        ),
+    )
+    monkeypatch.setattr(cli, "out", Console(width=400))
+    with cli.out.capture() as captured:
+        cli._print_status(status, title="service-cancellation-1")
+    text = " ".join(captured.get().split())
+    assert "running, 62/82 done, attempt 7" in text
+    assert "last error: PermissionError" in text and "locked.php" in text
+    assert "done, 2/2 done, 1 attempt" in text
