@@ -271,6 +271,9 @@ class CancellationInput(BaseModel):
     reason: str | None = None
     effective: Effective = Effective.NOW
     reason_code: ReasonCode | None = None
+    # The workflow code's release whose client started the run, on that release's queue
+    # (workflows/search_attributes.py); None from the clients of releases before 9.
+    release: int | None = None
     # Set only by the run itself when it continues as new (`Carried`); None at a start.
     carried: Carried | None = None
 

@@ -54,6 +54,7 @@ from workflows import handler_names as names
 from workflows.search_attributes import (
     CANCELLATION_STATE,
     CUSTOMER_ID,
+    RELEASE,
     SERVICE_ID,
     WORKFLOW_TYPE,
     release_queue,
@@ -114,6 +115,7 @@ class CancellationClient:
                 reason=reason,
                 effective=effective,
                 reason_code=reason_code,
+                release=RELEASE,
             ),
             id=workflow_id_for(service_id),
             # this release's queue: no worker of an earlier release runs the run

@@ -68,6 +68,7 @@ from workflows.search_attributes import (
 from workflows.search_attributes import (
     CANCELLATION_STATE,
     CUSTOMER_ID,
+    RELEASE,
     SERVICE_ID,
     SLA_AT_RISK,
     release_queue,
@@ -89,7 +90,7 @@ class Harness:
 
     async def start(self, **overrides: Any) -> WorkflowHandle[Any, CancellationResult]:
         data = CancellationInput(
-            service_id=self.service_id, customer_id=CUSTOMER, requested_by="panel"
+            service_id=self.service_id, customer_id=CUSTOMER, requested_by="panel", release=RELEASE
         ).model_copy(update=overrides)
         handle = await self.env.client.start_workflow(
             ServiceCancellation.run,

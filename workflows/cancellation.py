@@ -54,7 +54,6 @@ with workflow.unsafe.imports_passed_through():
         SERVICE_ID,
         SLA_AT_RISK,
         WORKFLOW_TYPE,
-        base_queue,
         release_queue,
     )
     from workflows.state import RETRY, SHORT
@@ -70,7 +69,7 @@ class ServiceCancellation(Confirmation, Phases):
 
     @workflow.run
     async def run(self, data: CancellationInput) -> CancellationResult:
-        self.patches = Patches.decide(phases=self._on_release_queue())
+        self.patches = Patches.decide(phases=self._of_this_release())
         phases: dict[Phase, Callable[[], Awaitable[Phase | None]]] = {
             Phase.SCHEDULED: self._scheduled,
             Phase.BILLING_EVE: self._billing_eve,
@@ -152,12 +151,12 @@ class ServiceCancellation(Confirmation, Phases):
         self._publish()
         return phase
 
-    def _on_release_queue(self) -> bool:
-        """New runs of this release start on its own queue (`starter/client.py`); a run
-        on the configured queue was started by an earlier release's client, or is an
-        earlier release's run, and takes the path those recorded."""
-        queue = workflow.info().task_queue
-        return self.input.carried is not None or queue != base_queue(queue)
+    def _of_this_release(self) -> bool:
+        """A run started by a client of release 9 or later, on its release's queue (so no
+        worker of an earlier release runs it), or a continued one. A run without either
+        was started by an earlier release's client, or is an earlier release's run, and
+        takes the path those recorded until its first boundary."""
+        return self.input.carried is not None or self.input.release is not None
 
     async def _boundary(self, phase: Phase) -> None:
         """Between two phases the run continues as new; a run of an earlier release does

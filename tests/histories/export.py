@@ -26,7 +26,6 @@ from typing import Any
 
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
 from bajas.models import (
     ArchiveRequest,
@@ -42,10 +41,11 @@ from bajas.models import (
 from tests.fakes import FakeActivities, accepted_check, code_for
 from tests.helpers import assert_eventually
 from tests.helpers.temporal import start_local, start_time_skipping
+from worker import central_workers
 from workflows.cancellation import ServiceCancellation
 from workflows.rules import debit_cutoff_eve
 from workflows.sandbox import workflow_runner
-from workflows.search_attributes import workflow_id_for
+from workflows.search_attributes import RELEASE, release_queue, workflow_id_for
 
 HERE = Path(__file__).parent
 _ids = itertools.count(9_000_001)
@@ -246,9 +246,9 @@ async def record(
         # the wall clock): the fake's default expiry follows it
         fakes = FakeActivities(**setup, clock=env.get_current_time)  # type: ignore[arg-type]
         queue = f"histories-{uuid.uuid4()}"
-        async with Worker(
+        async with central_workers(
             client_,
-            task_queue=queue,
+            queue,
             workflows=[ServiceCancellation],
             activities=fakes.activities(),
             workflow_runner=workflow_runner(),
@@ -260,18 +260,27 @@ async def record(
                     service_id=service_id,
                     customer_id=7,
                     requested_by="panel",
+                    release=RELEASE,
                     **REQUESTS.get(name, {}),
                 ),
                 id=f"{workflow_id_for(service_id)}-{uuid.uuid4().hex[:6]}",
-                task_queue=queue,
+                task_queue=release_queue(queue),
             )
             await scenario(handle, fakes, env)
             result = await handle.result()
-        history = await handle.fetch_history()
-        path = HERE / f"{name}{'-' + suffix if suffix else ''}.json"
-        path.write_text(history.to_json())
-        written.append(path)
-        print(f"{path.name}: {result.state.value}, {len(history.events)} events")
+        # each run of the chain: the later ones start from a continued input
+        run_id: str | None = handle.first_execution_run_id or handle.result_run_id
+        for number in itertools.count(1):
+            history = await client_.get_workflow_handle(handle.id, run_id=run_id).fetch_history()
+            run = f"-run{number}" if number > 1 else ""
+            path = HERE / f"{name}{'-' + suffix if suffix else ''}{run}.json"
+            path.write_text(history.to_json())
+            written.append(path)
+            print(f"{path.name}: {result.state.value}, {len(history.events)} events")
+            last = history.events[-1]
+            if not last.HasField("workflow_execution_continued_as_new_event_attributes"):
+                break
+            run_id = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
     return written
 
 
