@@ -14,6 +14,7 @@ from temporalio.client import WorkflowHandle
 from temporalio.worker import Worker
 
 from bajas.models import (
+    CancellationInput,
     Effective,
     ResourceContext,
     ResourceRef,
@@ -35,7 +36,7 @@ from tests.test_workflow_logic import (
     wait_status,
 )
 from workflows.cancellation import ServiceCancellation
-from workflows.search_attributes import node_task_queue
+from workflows.search_attributes import node_task_queue, release_queue, workflow_id_for
 from workflows.steps import ATTEMPTS_PER_RUN
 
 # the harness of the workflow-logic tests: fakes on a fresh queue, time skipping
@@ -208,3 +209,27 @@ async def test_resource_kinds_run_as_steps_on_their_servers(h: Harness) -> None:
     )
     assert names.index("delete_files") < database_at
     assert fakes.FILES == st.steps.files.done
+
+
+@pytest.mark.time_skipping
+async def test_a_run_started_by_an_earlier_release_moves_at_its_first_boundary(
+    h: Harness,
+) -> None:
+    """Started by a client of release 8 (no `release`, the configured queue): it runs the
+    path release 8 recorded, and at its first boundary goes on, continued, on this
+    release's queue, which no release 8 worker polls."""
+    f = h.fakes
+    handle = await h.env.client.start_workflow(
+        ServiceCancellation.run,
+        CancellationInput(service_id=h.service_id, customer_id=7, effective=Effective.END_OF_TERM),
+        id=workflow_id_for(h.service_id),
+        task_queue=h.task_queue,
+    )
+    h.handles.append(handle)
+    await wait_status(handle, lambda s: s.code_sent)
+    assert (await confirm_code(handle, code_for(1))).state is State.SCHEDULED
+    assert (await result_of(handle)).state is State.CANCELLED
+    assert len(await runs_of(handle)) >= 2
+    described = await handle.describe()
+    assert described.task_queue == release_queue(h.task_queue)
+    assert f.events()[:2] == ["confirmed", "term_ended"]

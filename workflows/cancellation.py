@@ -163,7 +163,7 @@ class ServiceCancellation(Confirmation, Phases):
         so at its first boundary on this one."""
         if self.billing_task is not None and not self.billing_task.done():
             return  # billing refused, waiting for its `retry`: the deletion awaits it here
-        if self.patches.phases or moves_open_run():
+        if self.patches.phases or moves_open_run(phase.value):
             await self._continue_as_new(phase)
 
     async def _continue_as_new(self, phase: Phase) -> None:

@@ -8,9 +8,12 @@ from dataclasses import dataclass, fields
 
 from temporalio import workflow
 
-# Asked at a boundary of a run of an earlier release, once it runs live on this one:
-# true there, it hands the run over to a continued one (a patch asked at the top of
-# `run` is false for every run replaying its history, so it could move none).
+# Asked at a boundary of an earlier release's run, once it runs live on this one: true
+# there, it hands the run over to a continued one. A patch asked at the top of `run` is
+# false for every run replaying its history, so it could move none; and `patched()`
+# remembers its first answer, so each boundary asks under its own id
+# (`move-to-phases@scheduled`, `move-to-phases@files#12`, ...): the one asked live is
+# the first and last this run records.
 MOVE_TO_PHASES = "move-to-phases"
 
 
@@ -42,6 +45,6 @@ class Patches:
         return cls(**earlier, phases=False)
 
 
-def moves_open_run() -> bool:
-    """At a boundary of an earlier release's run: whether it hands over to this one."""
-    return workflow.patched(MOVE_TO_PHASES)
+def moves_open_run(where: str) -> bool:
+    """At boundary `where` of an earlier release's run: whether it hands over here."""
+    return workflow.patched(f"{MOVE_TO_PHASES}@{where}")

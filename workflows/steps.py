@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         timed_out,
     )
     from workflows.last_copy import LastCopy
+    from workflows.patches import moves_open_run
     from workflows.state import SHORT
 
 # A step's attempts are run here, one activity execution each, since the workflow
@@ -193,11 +194,18 @@ class StepRunner(LastCopy):
             )
             if stop():
                 continue
-            if self.patches.phases and (
-                tried_here >= ATTEMPTS_PER_RUN or workflow.info().is_continue_as_new_suggested()
-            ):
+            if self._hands_over(step, tried_here):
                 return StepEnd.HANDED_OVER
             await self._wait_before_retrying(step, progress.attempts, failure, stop)
+
+    def _hands_over(self, step: str, tried_here: int) -> bool:
+        """After a failed attempt: whether the next ones go on in a new run. A run of an
+        earlier release moves at a failed deletion step's attempt (not billing's: a
+        local activity, after which a patch could fall in another task on replay)."""
+        if not self.patches.phases:
+            attempts = self.steps[step].attempts
+            return step != Step.BILLING and moves_open_run(f"{step}#{attempts}")
+        return tried_here >= ATTEMPTS_PER_RUN or workflow.info().is_continue_as_new_suggested()
 
     async def _wait_before_retrying(
         self, step: str, attempts: int, failure: BaseException | None, stop: Callable[[], bool]
