@@ -138,6 +138,11 @@ class FakeActivities:
     returned_checks: list[ServiceCheck] = field(default_factory=list)
     # the test server's clock: local activities see the wall clock, not skipped time
     clock: Callable[[], Awaitable[datetime]] | None = None
+    # close_billing and verify_code wait on these gates when set to an Event
+    billing_gate: asyncio.Event | None = None
+    billing_started: asyncio.Event = field(default_factory=asyncio.Event)
+    verify_gate: asyncio.Event | None = None
+    verify_started: asyncio.Event = field(default_factory=asyncio.Event)
     # delete_resources fails this many times (a database server away) before it works
     resource_failures: int = 0
     # record_transition of this event waits on `transition_gate` (set `transition_held`)
@@ -222,6 +227,9 @@ class FakeActivities:
     @activity.defn(name="verify_code")
     async def verify_code(self, data: VerifyCodeInput) -> VerifyCodeResult:
         await self._record("verify_code", data)
+        self.verify_started.set()
+        if self.verify_gate is not None:
+            await self.verify_gate.wait()
         key = (data.generation, data.code)
         accepted = data.code == code_for(data.generation) and key not in self.used_codes
         if accepted:
@@ -250,6 +258,9 @@ class FakeActivities:
     @activity.defn(name="close_billing")
     async def close_billing(self, data: BillingInput) -> BillingResult:
         await self._record("close_billing", data)
+        self.billing_started.set()
+        if self.billing_gate is not None:
+            await self.billing_gate.wait()
         if self.billing_refusals > 0:
             self.billing_refusals -= 1
             raise ApplicationError(

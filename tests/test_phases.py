@@ -5,13 +5,15 @@ activities under the real names."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
-from temporalio.worker import Worker
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer, Worker
 
 from bajas.models import (
     CancellationInput,
@@ -25,7 +27,8 @@ from bajas.models import (
     WithdrawInput,
 )
 from tests import fakes, test_workflow_logic
-from tests.fakes import accepted_check, code_for
+from tests.fakes import FakeActivities, accepted_check, code_for
+from tests.helpers.temporal import start_local
 from tests.test_workflow_logic import (
     Harness,
     confirm_code,
@@ -35,8 +38,15 @@ from tests.test_workflow_logic import (
     status,
     wait_status,
 )
+from worker import central_workers
 from workflows.cancellation import ServiceCancellation
-from workflows.search_attributes import node_task_queue, release_queue, workflow_id_for
+from workflows.sandbox import workflow_runner
+from workflows.search_attributes import (
+    RELEASE,
+    node_task_queue,
+    release_queue,
+    workflow_id_for,
+)
 from workflows.steps import ATTEMPTS_PER_RUN
 
 # the harness of the workflow-logic tests: fakes on a fresh queue, time skipping
@@ -233,3 +243,89 @@ async def test_a_run_started_by_an_earlier_release_moves_at_its_first_boundary(
     described = await handle.describe()
     assert described.task_queue == release_queue(h.task_queue)
     assert f.events()[:2] == ["confirmed", "term_ended"]
+
+
+async def test_a_cluster_with_low_history_limits_is_honoured() -> None:
+    """On a dev server that suggests continuing at 100 events and terminates a run at
+    200, a step failing 25 times (far past 200 events in one run) is not terminated:
+    the runs hand over when the server says so, and the step finishes once it works."""
+    limits = ["limit.historyCount.suggestContinueAsNew=100", "limit.historyCount.error=200"]
+    env = await start_local(
+        dev_server_extra_args=[arg for limit in limits for arg in ("--dynamic-config-value", limit)]
+    )
+    try:
+        f = FakeActivities(files_retry_delays=[timedelta(milliseconds=200)] * 25)
+        queue = f"limits-{uuid.uuid4()}"
+        async with central_workers(
+            env.client,
+            queue,
+            workflows=[ServiceCancellation],
+            activities=f.activities(),
+            workflow_runner=workflow_runner(),
+        ):
+            handle = await env.client.start_workflow(
+                ServiceCancellation.run,
+                CancellationInput(service_id=1, customer_id=7, release=RELEASE),
+                id=f"limits-{uuid.uuid4()}",
+                task_queue=release_queue(queue),
+            )
+            await wait_status(handle, lambda s: s.code_sent)
+            assert (await confirm_code(handle, code_for(1))).accepted
+            result = await asyncio.wait_for(handle.result(), timeout=120)
+        assert result.state is State.CANCELLED
+        counts = await runs_of(handle)
+        print(f"limits 100/200: events per run {counts}")
+        assert len(counts) > 1 and max(counts) < 200
+        assert len(f.inputs("delete_files")) == 26
+    finally:
+        await env.shutdown()
+
+
+@pytest.mark.time_skipping
+async def test_a_withdrawal_during_an_early_billing_attempt_shows_what_it_committed(
+    h: Harness,
+) -> None:
+    """Issue 16 item 7: the customer withdraws while billing closes at the debit's eve.
+    The attempt is never cancelled under way: it ends, `status` says billing is closed,
+    and the customer is told it stays closed; no further attempt runs."""
+    f = h.fakes
+    f.billing_gate = asyncio.Event()
+    handle, _, st = await scheduled_for(h, "20th")
+    assert st.billing_closes_at is not None
+    await past(h, st.billing_closes_at, by=timedelta(milliseconds=500))
+    await asyncio.wait_for(f.billing_started.wait(), timeout=10)
+    await handle.signal(ServiceCancellation.withdraw, WithdrawInput(by="customer"))
+    f.billing_gate.set()
+    assert (await result_of(handle)).state is State.WITHDRAWN
+    st = await status(handle)
+    assert st.steps.billing.status is StepStatus.DONE
+    assert len(f.inputs("close_billing")) == 1
+    assert f.notice_kinds() == ["withdrawn"]
+    assert f.events() == ["confirmed", "withdrawn"]
+
+
+async def test_a_status_query_during_the_code_check_leaves_a_history_that_replays(
+    h: Harness,
+) -> None:
+    """Issue 16 item 7: `status` asked while `verify_code` runs. The check is an activity
+    whose result is an event of its own, so no query can move it to another task."""
+    f = h.fakes
+    f.verify_gate = asyncio.Event()
+    handle = await h.start()
+    await wait_status(handle, lambda s: s.code_sent)
+    confirming = asyncio.ensure_future(confirm_code(handle, code_for(1)))
+    await asyncio.wait_for(f.verify_started.wait(), timeout=10)
+    for _ in range(5):
+        assert (await status(handle)).state is State.AWAITING_CONFIRMATION
+    f.verify_gate.set()
+    assert (await confirming).accepted
+    assert (await result_of(handle)).state is State.CANCELLED
+    replayer = Replayer(
+        workflows=[ServiceCancellation],
+        data_converter=pydantic_data_converter,
+        workflow_runner=workflow_runner(),
+    )
+    replayed = await replayer.replay_workflow(
+        await handle.fetch_history(), raise_on_replay_failure=False
+    )
+    assert replayed.replay_failure is None
