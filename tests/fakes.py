@@ -143,6 +143,8 @@ class FakeActivities:
     billing_started: asyncio.Event = field(default_factory=asyncio.Event)
     verify_gate: asyncio.Event | None = None
     verify_started: asyncio.Event = field(default_factory=asyncio.Event)
+    # check_service raises this business error (non-retryable) instead of answering
+    check_refusal: str | None = None
     # delete_resources fails this many times (a database server away) before it works
     resource_failures: int = 0
     # record_transition of this event waits on `transition_gate` (set `transition_held`)
@@ -207,6 +209,8 @@ class FakeActivities:
         self.check_started.set()
         if self.check_gate is not None:
             await self.check_gate.wait()
+        if self.check_refusal is not None:
+            raise ApplicationError(self.check_refusal, type="BadResources", non_retryable=True)
         check = self.check.model_copy()
         if check.accepted and check.expires_on is None:
             now = (

@@ -329,3 +329,14 @@ async def test_a_status_query_during_the_code_check_leaves_a_history_that_replay
         await handle.fetch_history(), raise_on_replay_failure=False
     )
     assert replayed.replay_failure is None
+
+
+async def test_a_business_error_of_the_service_check_rejects_the_request(h: Harness) -> None:
+    """Issue 19 item 1: an error no retry can fix (e.g. the service's resources cannot be
+    ordered) ends the request `rejected` with its reason, instead of retrying forever."""
+    h.fakes.check_refusal = "the resource kinds' order has a cycle: database, cron"
+    handle = await h.start()
+    result = await result_of(handle)
+    assert result.state is State.REJECTED
+    assert result.rejection_reason == "the resource kinds' order has a cycle: database, cron"
+    assert h.fakes.names() == ["check_service"]

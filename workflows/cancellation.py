@@ -112,7 +112,7 @@ class ServiceCancellation(Confirmation, Phases):
                 retry_policy=RETRY,
                 summary="check the service",
             )
-        except ActivityError as err:
+        except (ActivityError, ApplicationError) as err:  # a local one's failure comes bare
             refused = business_error(err)
             if refused is None:
                 raise
