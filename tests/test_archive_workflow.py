@@ -104,9 +104,11 @@ async def test_copy_requests_refused_when_no_copy_can_be_made(h: Harness) -> Non
     await wait_status(handle, lambda s: s.archive is not None and s.archive.state == "ready")
     assert "already ready" in await refused(handle)
 
+    f.files_gate = asyncio.Event()  # the run stays deleting while it is asked
     await handle.signal(ServiceCancellation.confirm, ConfirmInput(code=code_for(1)))
     await wait_status(handle, lambda s: s.state is not State.AWAITING_CONFIRMATION)
     assert "deletion has started" in await refused(handle)
+    f.files_gate.set()
     assert (await result_of(handle)).state is State.CANCELLED
     with pytest.raises(RPCError):  # a closed run takes no update
         await ask_for_copy(handle)
