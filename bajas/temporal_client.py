@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from temporalio.client import Client
+from temporalio.common import HeaderCodecBehavior
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.envconfig import ClientConfigProfile
@@ -61,7 +62,11 @@ async def connect(settings: Settings | None = None, **overrides: Any) -> Client:
     converter = data_converter(settings or Settings())
     config = connect_config(**overrides)
     try:
-        return await Client.connect(**config, data_converter=converter)
+        # headers sealed like every payload: the workflow sends its first run's id in one
+        # (bajas/run_chain.py), and a stored history holds no payload in clear
+        return await Client.connect(
+            **config, data_converter=converter, header_codec_behavior=HeaderCodecBehavior.CODEC
+        )
     except RuntimeError as err:  # the bridge reports every connect failure this way
         raise Unreachable(
             "Temporal", str(config["target_host"]), _address_variable(), _reason(err)

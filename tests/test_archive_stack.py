@@ -19,7 +19,6 @@ import httpx
 import pytest
 import pytest_asyncio
 from temporalio import activity
-from temporalio.worker import Worker
 
 from activities.archive import SITE, ArchiveActivities, ArchiveFiles, folder_name
 from bajas.config import Settings
@@ -38,7 +37,7 @@ from tests.helpers.mail import code_in
 from tests.helpers.panel import ServiceFixture
 from tests.panel_http import client, customer_with_clave, give_clave, post_form, sign_in
 from tests.test_archive import extract, snapshot
-from worker import activities_for
+from worker import activities_for, central_workers
 from workflows.cancellation import ServiceCancellation
 from workflows.sandbox import workflow_runner
 
@@ -221,9 +220,9 @@ async def short(stack: Stack) -> AsyncIterator[Short]:
         )
     )
     others = [a for a in activities_for(settings, stack.pool) if a.__name__ != "build_archive"]
-    worker = Worker(
+    worker = central_workers(
         stack.client,
-        task_queue=settings.temporal_task_queue,
+        settings.temporal_task_queue,
         workflows=[ServiceCancellation],
         workflow_runner=workflow_runner(sandboxed=True),
         activities=[*others, builds.build_archive],
