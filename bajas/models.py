@@ -741,6 +741,9 @@ class ResourceContext(BaseModel):
     document_root: str | None = None
     maildirs: list[str] = Field(default_factory=list)
     other_domains: list[str] = Field(default_factory=list)
+    # Every resource the panel lists for the service, of every kind (a role's own
+    # databases are not "elsewhere").
+    resources: list[ResourceRef] = Field(default_factory=list)
 
 
 class ResourceOutcome(BaseModel):

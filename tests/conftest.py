@@ -37,6 +37,7 @@ from tests.helpers.mail import MailServer, serving_mail
 from tests.helpers.panel import Panel
 from tests.helpers.processes import Postgres, migrated_pool
 from tests.helpers.temporal import Environments
+from tests.servers import mariadb, restic_repo  # noqa: F401  (session fixtures)
 from worker import build_worker
 
 
