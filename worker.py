@@ -24,9 +24,11 @@ from activities.billing import BillingActivities
 from activities.codes import CodeActivities
 from activities.files import FilesActivities
 from activities.inventory import InventoryActivities
+from activities.kinds import load_kinds
 from activities.mail import Mailer, NoticeActivities, SmtpSettings
 from activities.mailboxes import MailboxActivities
 from activities.panel_db import PanelDbActivities
+from activities.resources import ResourceActivities
 from activities.safety import PanelPaths, PreflightActivities
 from bajas.config import ConfigError, Settings, settings_from_env
 from bajas.db import create_pool
@@ -63,6 +65,18 @@ def node_activities_for(
         ).delete_files,
         archive.build_archive,
         archive.delete_archive,
+        *resource_activities(),
+    ]
+
+
+def resource_activities() -> list[Any]:
+    """The resource steps over every kind installed here (entry points `bajas.resources`),
+    each built with this worker's environment (contract section 9)."""
+    resources = ResourceActivities(load_kinds(os.environ))
+    return [
+        resources.inventory_resources,
+        resources.preflight_resources,
+        resources.delete_resources,
     ]
 
 
@@ -93,6 +107,8 @@ def activities_for(settings: Settings, pool: asyncpg.Pool) -> Sequence[Any]:
         panel.check_service,
         panel.record_transition,
         panel.finish_cancellation,
+        panel.check_shared_resources,
+        panel.record_resources,
         codes.issue_code,
         codes.verify_code,
         BillingActivities(
