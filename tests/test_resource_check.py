@@ -125,15 +125,16 @@ async def test_a_resource_another_live_service_lists_is_refused_before_billing(
     assert [(s.id, s.other_service_ids) for s in check.shared_resources] == [
         (refs[0].id, [theirs.service_id])
     ]
+    preflight = ResourceCheckInput(
+        service_id=ours.service_id,
+        customer_id=ours.customer_id,
+        resources=refs,
+        context=ResourceContext(service_id=ours.service_id, domain=ours.domain),
+    )
     with pytest.raises(ApplicationError) as err:
         await ActivityEnvironment().run(
             acts.check_shared_resources,
-            ResourceCheckInput(
-                service_id=ours.service_id,
-                customer_id=ours.customer_id,
-                resources=refs,
-                context=ResourceContext(service_id=ours.service_id, domain=ours.domain),
-            ),
+            preflight,
         )
     assert err.value.type == "PathRefused" and err.value.details == ("mariadb_database",)
     assert f"mariadb_database {name} on db1 is also listed by service {theirs.service_id}" in (
@@ -143,12 +144,7 @@ async def test_a_resource_another_live_service_lists_is_refused_before_billing(
     await pool.execute("update services set status = 'cancelled' where id = $1", theirs.service_id)
     await ActivityEnvironment().run(
         acts.check_shared_resources,
-        ResourceCheckInput(
-            service_id=ours.service_id,
-            customer_id=ours.customer_id,
-            resources=refs,
-            context=ResourceContext(service_id=ours.service_id, domain=ours.domain),
-        ),
+        preflight,
     )
 
 
