@@ -27,8 +27,13 @@ from tests.helpers.processes import Process, clean_env
 ADMIN, ADMIN_PASSWORD = "bajas", "bajas-admin-pw"
 
 
-def have(binary: str) -> bool:
-    return shutil.which(binary) is not None
+def binary(name: str) -> str | None:
+    """A Debian program, on PATH or in /usr/sbin (where mariadbd lives)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
+
+
+def have(name: str) -> bool:
+    return binary(name) is not None
 
 
 def client(
@@ -72,7 +77,7 @@ class MariaDB:
             env=clean_env({}),
         )
         argv = [
-            shutil.which("mariadbd") or "mariadbd",
+            binary("mariadbd") or "mariadbd",
             "--no-defaults",
             *root,
             f"--datadir={self.datadir}",
