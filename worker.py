@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -25,6 +25,7 @@ from activities.codes import CodeActivities
 from activities.files import FilesActivities
 from activities.inventory import InventoryActivities
 from activities.kinds import load_kinds
+from activities.kinds.base import ResourceKind
 from activities.mail import Mailer, NoticeActivities, SmtpSettings
 from activities.mailboxes import MailboxActivities
 from activities.panel_db import PanelDbActivities
@@ -51,8 +52,9 @@ def node_activities_for(
     panel = PanelPaths(pool)
     threads = settings.delete_threads
     roots = {"hosting_root": settings.hosting_root, "mail_root": settings.mail_root}
+    kinds = load_kinds(os.environ)
     archive = ArchiveActivities(
-        pool, settings.hosting_root, settings.mail_root, settings.archive_root, panel
+        pool, settings.hosting_root, settings.mail_root, settings.archive_root, panel, kinds
     )
     return [
         PreflightActivities(pool, **roots, panel=panel, threads=threads).preflight_paths,
@@ -65,14 +67,14 @@ def node_activities_for(
         ).delete_files,
         archive.build_archive,
         archive.delete_archive,
-        *resource_activities(),
+        *resource_activities(kinds),
     ]
 
 
-def resource_activities() -> list[Any]:
+def resource_activities(kinds: Mapping[str, ResourceKind]) -> list[Any]:
     """The resource steps over every kind installed here (entry points `bajas.resources`),
     each built with this worker's environment (contract section 9)."""
-    resources = ResourceActivities(load_kinds(os.environ))
+    resources = ResourceActivities(kinds)
     return [
         resources.inventory_resources,
         resources.preflight_resources,
