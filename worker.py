@@ -52,7 +52,7 @@ def node_activities_for(
     panel = PanelPaths(pool)
     threads = settings.delete_threads
     roots = {"hosting_root": settings.hosting_root, "mail_root": settings.mail_root}
-    kinds = load_kinds(os.environ)
+    kinds = load_kinds(settings.kind_env())
     archive = ArchiveActivities(
         pool, settings.hosting_root, settings.mail_root, settings.archive_root, panel, kinds
     )
