@@ -144,6 +144,17 @@ class Restic:
     def run(self, *args: str, cwd: Path | None = None) -> str:
         return client(["restic", "--quiet", *args], env=self.env, cwd=cwd)
 
+    def at(self, repository: Path) -> Restic:
+        """The same settings on another repository (a copy of this one)."""
+        other = Restic.__new__(Restic)
+        other.repository, other.password_file, other.cache = (
+            repository,
+            self.password_file,
+            self.cache,
+        )
+        other.env = {**self.env, "RESTIC_REPOSITORY": str(repository)}
+        return other
+
     def backup(self, folder: Path, tag: str) -> None:
         self.run("backup", "--tag", tag, ".", cwd=folder)
 

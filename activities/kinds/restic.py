@@ -82,23 +82,17 @@ class ResticSnapshots(ResourceKind):
 
     async def inventory(self, resource: ResourceRef, context: ResourceContext) -> Measure:
         """The tag's snapshots, and the bytes of the repository's data they reference."""
-        snapshots = await self.snapshots(resource.name)
-        if not snapshots:
-            return Measure(bytes=0, items=0)
-        stats = json.loads(
-            await self.restic("stats", "--json", "--mode", "raw-data", "--tag", resource.name)
-        )
-        return Measure(bytes=int(stats.get("total_size", 0)), items=len(snapshots))
+        return await self._measure(resource.name, await self.snapshots(resource.name))
 
     async def preflight(self, resource: ResourceRef, context: ResourceContext) -> None:
         await self.snapshots(resource.name)
 
     async def delete(self, resource: ResourceRef, context: ResourceContext) -> Removal:
-        measure = await self.inventory(resource, context)
         # Forgets and prunes take the repository's exclusive lock: the state's flock keeps
         # this server's steps from running them at the same time.
         async with self._state() as state:
             snapshots = await self.snapshots(resource.name)
+            measure = await self._measure(resource.name, snapshots)
             if snapshots:
                 await self.restic("forget", *snapshots)
                 now = _now()
@@ -106,6 +100,12 @@ class ResticSnapshots(ResourceKind):
                 state["pending_since"] = state["pending_since"] or now.isoformat()
         await self._pruned_since_forget(resource.name)
         return Removal(bytes=measure.bytes, items=measure.items)
+
+    async def _measure(self, tag: str, snapshots: list[str]) -> Measure:
+        if not snapshots:
+            return Measure(bytes=0, items=0)
+        stats = json.loads(await self.restic("stats", "--json", "--mode", "raw-data", "--tag", tag))
+        return Measure(bytes=int(stats.get("total_size", 0)), items=len(snapshots))
 
     async def verify(self, resource: ResourceRef, context: ResourceContext) -> str | None:
         if left := await self.snapshots(resource.name):
