@@ -35,7 +35,7 @@ from bajas.models import (
     ResourceStepInput,
     ResourceStepResult,
 )
-from tests.helpers import assert_eventually, new_id
+from tests.helpers import assert_eventually, free_port, new_id
 from tests.helpers.panel import make_tree
 from tests.servers import MariaDB, Restic
 
@@ -461,3 +461,12 @@ async def test_a_backup_directory_is_deleted_through_the_engine_only_under_backu
             await kinds.delete(kinds.refs("backup_directory", name))
         refused(err, "backup_directory")
     assert len(list(outside.rglob("*.html"))) == 3
+
+
+async def test_a_postgresql_server_that_does_not_answer_is_named_and_retried() -> None:
+    port = free_port()
+    kinds = Kinds({"POSTGRESQL_URL": f"postgresql://bajas:pw@127.0.0.1:{port}/postgres"})
+    with pytest.raises(ApplicationError) as err:
+        await kinds.delete(kinds.refs("postgresql_database", "tienda"))
+    assert err.value.type == "ServerUnavailable" and not err.value.non_retryable
+    assert err.value.message.startswith(f"PostgreSQL at 127.0.0.1:{port} is not answering")
