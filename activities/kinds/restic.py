@@ -88,18 +88,24 @@ class ResticSnapshots(ResourceKind):
         await self.snapshots(resource.name)
 
     async def delete(self, resource: ResourceRef, context: ResourceContext) -> Removal:
+        """Forget the tag's snapshots and see them pruned. The size is the inventory's
+        business: what a prune frees is less (packs shared with other services stay)."""
         # Forgets and prunes take the repository's exclusive lock: the state's flock keeps
         # this server's steps from running them at the same time.
         async with self._state() as state:
             snapshots = await self.snapshots(resource.name)
-            measure = await self._measure(resource.name, snapshots)
             if snapshots:
-                await self.restic("forget", *snapshots)
                 now = _now()
+                at_once = self.prune_within == timedelta(0)
+                await self.restic("forget", *(["--prune"] if at_once else []), *snapshots)
                 state["forgotten"][resource.name] = now.isoformat()
-                state["pending_since"] = state["pending_since"] or now.isoformat()
+                if at_once:  # the prune ran after the forget, in the same command
+                    state["pruned_at"] = now.isoformat()
+                    state["prunes"] = state.get("prunes", 0) + 1
+                else:
+                    state["pending_since"] = state["pending_since"] or now.isoformat()
         await self._pruned_since_forget(resource.name)
-        return Removal(bytes=measure.bytes, items=measure.items)
+        return Removal(items=len(snapshots))
 
     async def _measure(self, tag: str, snapshots: list[str]) -> Measure:
         if not snapshots:
