@@ -27,14 +27,12 @@ from bajas.config import Settings
 from bajas.dev.mailsink import MailSink
 from bajas.models import State
 from bajas.receipts import stored_receipt
-from starter.client import CancellationClient
-from tests.conftest import Stack
+from tests.conftest import Stack, running_stack
 from tests.conftest_api import cancel_through, wait_for_mails
 from tests.helpers import REPO, assert_eventually, new_id
 from tests.helpers.mail import code_in
-from tests.helpers.panel import Panel, ServiceFixture, make_tree
+from tests.helpers.panel import ServiceFixture, make_tree
 from tests.servers import MariaDB, Restic
-from worker import build_worker
 
 
 def _workflow_runs_resource_steps() -> bool:
@@ -72,18 +70,8 @@ async def resource_stack(
             "backup_root": tmp_path_factory.mktemp("backups"),
         }
     )
-    worker = build_worker(temporal_env.client, ours, pool)
-    task = asyncio.create_task(worker.run())
-    yield Stack(
-        client=temporal_env.client,
-        cancellations=CancellationClient(temporal_env.client, ours.temporal_task_queue),
-        pool=pool,
-        mail=mail,
-        settings=ours,
-        panel=Panel(pool, ours.hosting_root, ours.mail_root),
-    )
-    await worker.shutdown()
-    await task
+    async with running_stack(temporal_env.client, ours, pool, mail) as stack:
+        yield stack
 
 
 async def listed(stack: Stack, svc: ServiceFixture, *rows: tuple[str, str]) -> None:
@@ -91,6 +79,13 @@ async def listed(stack: Stack, svc: ServiceFixture, *rows: tuple[str, str]) -> N
         "insert into service_resources (id, service_id, kind, name) values ($1, $2, $3, $4)",
         [(new_id(), svc.service_id, kind, name) for kind, name in rows],
     )
+
+
+async def confirmed(stack: Stack, svc: ServiceFixture) -> None:
+    """Requested and confirmed with the mailed code; the deletion under way."""
+    await stack.cancellations.request(svc.service_id, svc.customer_id)
+    (mail,) = await wait_for_mails(stack, svc.domain, 1)
+    assert (await stack.cancellations.confirm(svc.service_id, code_in(mail))).accepted
 
 
 async def step_error(stack: Stack, svc: ServiceFixture, kind: str) -> str | None:
@@ -177,9 +172,7 @@ async def test_a_system_database_row_is_refused_and_the_service_not_cancelled(
     stack = resource_stack
     svc = await stack.panel.service(files=1, mailboxes=0)
     await listed(stack, svc, (kind, name))
-    await stack.cancellations.request(svc.service_id, svc.customer_id)
-    (mail,) = await wait_for_mails(stack, svc.domain, 1)
-    assert (await stack.cancellations.confirm(svc.service_id, code_in(mail))).accepted
+    await confirmed(stack, svc)
 
     error = await assert_eventually(
         lambda: step_error(stack, svc, kind), f"the {kind} step refused"
@@ -199,9 +192,7 @@ async def test_a_database_another_live_service_lists_is_refused(
     await mariadb.asql(f"create database {db}")
     await listed(stack, ours, ("mariadb_database", db))
     await listed(stack, theirs, ("mariadb_database", db))
-    await stack.cancellations.request(ours.service_id, ours.customer_id)
-    (mail,) = await wait_for_mails(stack, ours.domain, 1)
-    assert (await stack.cancellations.confirm(ours.service_id, code_in(mail))).accepted
+    await confirmed(stack, ours)
 
     error = await assert_eventually(
         lambda: step_error(stack, ours, "mariadb_database"), "the shared database refused"
