@@ -111,7 +111,8 @@ async def test_a_shop_with_databases_and_backups_is_cancelled_and_all_of_it_is_g
         f" create user '{my_db}'@'10.0.%';"
     )
     admin = await asyncpg.connect(pg_url)
-    await admin.execute(f"create role {pg_db}; create database {pg_db} owner {pg_db}")
+    await admin.execute(f"create role {pg_db}")
+    await admin.execute(f"create database {pg_db} owner {pg_db}")
     await admin.close()
     backups = stack.settings.backup_root / svc.domain
     make_tree(backups, 10)
