@@ -37,7 +37,7 @@ from bajas.models import (
 )
 from tests.helpers import assert_eventually, free_port, new_id
 from tests.helpers.panel import make_tree
-from tests.servers import MariaDB, Restic
+from tests.servers import ADMIN, ADMIN_PASSWORD, MariaDB, Restic
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -207,20 +207,42 @@ async def test_system_databases_accounts_and_odd_names_are_refused(
     assert await mariadb.asql("select count(*) from mysql.user where user = 'root'") != "0\n"
 
 
-async def test_a_stopped_server_fails_the_attempt_by_name_and_the_next_attempt_deletes(
+async def test_a_server_stopped_in_the_middle_of_the_drop_is_named_and_the_next_attempt_deletes(
     mariadb: MariaDB, my: Kinds
 ) -> None:
     db = unique("down")
-    await mariadb.asql(f"create database {db}; create table {db}.t (id int);")
+    await mariadb.asql(
+        f"create database {db}; create table {db}.t (id int); insert into {db}.t values (1);"
+    )
+    # A transaction of a session on no database holds the table: the DROP waits for it.
+    holder = await aiomysql.connect(
+        host=mariadb.host, port=mariadb.port, user=ADMIN, password=ADMIN_PASSWORD
+    )
     resources = my.refs("mariadb_database", db)
-    mariadb.stop()
     try:
+        async with holder.cursor() as cursor:
+            await cursor.execute("start transaction")
+            await cursor.execute(f"select * from {db}.t")
+        attempt = asyncio.create_task(my.delete(resources))
+        await assert_eventually(
+            lambda: (
+                "metadata lock"
+                in mariadb.sql(
+                    "select group_concat(state) from information_schema.processlist"
+                    " where info like 'drop database%'"
+                )
+            ),
+            "the DROP waiting in the middle of the step",
+        )
+        await asyncio.to_thread(mariadb.stop)
         with pytest.raises(ApplicationError) as err:
-            await my.delete(resources)
+            await attempt
         assert err.value.type == "ServerUnavailable" and not err.value.non_retryable
         assert err.value.message.startswith(f"MariaDB at 127.0.0.1:{mariadb.port} is not answering")
     finally:
-        await mariadb.start()
+        holder.close()
+        if not mariadb.process.alive():
+            await mariadb.start()
     assert (await my.delete(resources)).verified
     assert db not in (await mariadb.asql("show databases")).split()
 
