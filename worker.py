@@ -74,6 +74,9 @@ def node_activities_for(
 def resource_activities(kinds: Mapping[str, ResourceKind]) -> list[Any]:
     """The resource steps over every kind installed here (entry points `bajas.resources`),
     each built with this worker's environment (contract section 9)."""
+    for name, kind in sorted(kinds.items()):
+        # a kind this worker cannot handle refuses its resources, naming the setting
+        log.info("resource kind %s: %s", name, kind.configuration_error() or "ready")
     resources = ResourceActivities(kinds)
     return [
         resources.inventory_resources,
