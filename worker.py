@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -24,9 +24,12 @@ from activities.billing import BillingActivities
 from activities.codes import CodeActivities
 from activities.files import FilesActivities
 from activities.inventory import InventoryActivities
+from activities.kinds import load_kinds
+from activities.kinds.base import ResourceKind
 from activities.mail import Mailer, NoticeActivities, SmtpSettings
 from activities.mailboxes import MailboxActivities
 from activities.panel_db import PanelDbActivities
+from activities.resources import ResourceActivities
 from activities.safety import PanelPaths, PreflightActivities
 from bajas.config import ConfigError, Settings, settings_from_env
 from bajas.db import create_pool
@@ -50,8 +53,9 @@ def node_activities_for(
     panel = PanelPaths(pool)
     threads = settings.delete_threads
     roots = {"hosting_root": settings.hosting_root, "mail_root": settings.mail_root}
+    kinds = load_kinds(settings.kind_env())
     archive = ArchiveActivities(
-        pool, settings.hosting_root, settings.mail_root, settings.archive_root, panel
+        pool, settings.hosting_root, settings.mail_root, settings.archive_root, panel, kinds
     )
     return [
         PreflightActivities(pool, **roots, panel=panel, threads=threads).preflight_paths,
@@ -64,6 +68,21 @@ def node_activities_for(
         ).delete_files,
         archive.build_archive,
         archive.delete_archive,
+        *resource_activities(kinds),
+    ]
+
+
+def resource_activities(kinds: Mapping[str, ResourceKind]) -> list[Any]:
+    """The resource steps over every kind installed here (entry points `bajas.resources`),
+    each built with this worker's environment (contract section 9)."""
+    for name, kind in sorted(kinds.items()):
+        # a kind this worker cannot handle refuses its resources, naming the setting
+        log.info("resource kind %s: %s", name, kind.configuration_error() or "ready")
+    resources = ResourceActivities(kinds)
+    return [
+        resources.inventory_resources,
+        resources.preflight_resources,
+        resources.delete_resources,
     ]
 
 
@@ -94,6 +113,8 @@ def activities_for(settings: Settings, pool: asyncpg.Pool) -> Sequence[Any]:
         panel.check_service,
         panel.record_transition,
         panel.finish_cancellation,
+        panel.check_shared_resources,
+        panel.record_resources,
         codes.issue_code,
         codes.verify_code,
         BillingActivities(

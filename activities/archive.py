@@ -23,7 +23,7 @@ import re
 import stat
 import tarfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,8 +33,10 @@ import asyncpg
 import zstandard
 from temporalio import activity
 
+from activities.archive_databases import DatabaseDump, database_dumps, dump_databases
 from activities.audit import record_work
 from activities.deletion import Progress, Stopped, read_tree
+from activities.kinds.base import ResourceKind
 from activities.paths import FileId
 from activities.safety import PanelPaths, check_paths
 from bajas.models import (
@@ -115,8 +117,11 @@ class ArchiveActivities:
         mail_root: Path,
         archive_root: Path,
         panel: PanelPaths | None = None,
+        kinds: Mapping[str, ResourceKind] | None = None,
     ) -> None:
         self.pool = pool
+        # The resource kinds of this worker: those that dump put the databases in the copy.
+        self.kinds = kinds or {}
         self.roots = {Step.FILES: hosting_root, Step.MAILBOXES: mail_root}
         self.archive_root = archive_root
         self.panel = panel or PanelPaths(pool)
@@ -128,11 +133,12 @@ class ArchiveActivities:
         will take, checked the same way (a refusal is non-retryable)."""
         files = ArchiveFiles(self.archive_root, data.token)
         folder, parts = await self._parts(data.service_id)
+        databases = await database_dumps(self.pool, self.kinds, data.service_id)
         written = Progress()
         stop = threading.Event()
         activity.heartbeat(ArchiveProgress(bytes=0))
         work = asyncio.create_task(
-            asyncio.to_thread(write_archive, parts, files, folder, stop, written)
+            asyncio.to_thread(write_archive, parts, files, folder, stop, written, databases)
         )
         try:
             while not work.done():
@@ -183,6 +189,7 @@ def write_archive(
     folder: str,
     stop: threading.Event,
     written: Progress,
+    databases: Sequence[DatabaseDump] = (),
 ) -> ArchiveResult:
     """Write the archive of `parts` under `folder/`, manifest last; `written` counts
     the bytes of the file as they go out, `stop` ends it at the next chunk (Stopped)."""
@@ -199,6 +206,7 @@ def write_archive(
                 writer = _TarWriter(_Tar(zstd), folder, stop)
                 for part in parts:
                     writer.add_tree(part)
+                writer.parts += dump_databases(databases, writer.tar.add, folder, files.root, stop)
                 writer.add_manifest()
             output.sync()
         os.replace(files.partial, files.final)

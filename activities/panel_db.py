@@ -2,25 +2,62 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 
 import asyncpg
 from temporalio import activity
 
 from activities.audit import record, record_work
+from activities.errors import path_refused
+from activities.kinds import kind_classes
+from activities.kinds.base import ResourceKind
+from activities.kinds.order import StepOrderError, order_for
 from activities.mail import unsendable_fields
+from activities.resources import Listing, shared_resources
 from bajas.limits import BAD_CONTACT_DATA, Limits, request_refusal
 from bajas.models import (
     MAX_ID,
     FinishInput,
     PaymentMethod,
+    ResourceCheckInput,
+    ResourceCheckResult,
+    ResourceContext,
+    ResourceRecordInput,
+    ResourceRef,
     ServiceCheck,
     ServiceCheckInput,
+    SharedResource,
     State,
     TransitionInput,
 )
-from bajas.receipts import RECEIPT, build_receipt
+from bajas.receipts import RECEIPT, build_receipt, resources_event
 from bajas.run_chain import chain_run_id
+
+# The service's resources not yet deleted (contract section 9).
+RESOURCES = (
+    "select id, kind, name, server from service_resources"
+    " where service_id = $1 and deleted_at is null order by id"
+)
+# Live resources of the other services that are not cancelled with one of ours' kind,
+# name and server.
+OTHERS_LISTING = """
+select r.kind, r.name, r.server, r.service_id
+  from service_resources r join services s on s.id = r.service_id
+ where r.service_id <> $1 and s.status <> 'cancelled' and r.deleted_at is null
+   and (r.kind, r.name, coalesce(r.server, '')) in
+       (select * from unnest($2::text[], $3::text[], $4::text[]))
+"""
+
+CONTEXT = """
+select (select document_root from services where id = $1) as document_root,
+       array(select maildir from mailboxes where service_id = $1 and deleted_at is null
+             order by maildir) as maildirs,
+       array(select distinct domain from services
+              where id <> $1 and status <> 'cancelled'
+                and (domain = $2 or domain like '%.' || $2 or $2 like '%.' || domain)
+              order by domain) as other_domains
+"""
 
 
 class PanelDbActivities:
@@ -35,8 +72,11 @@ class PanelDbActivities:
         archive_deadline: timedelta = timedelta(hours=12),
         limits: Limits | None = None,
         node_wait: timedelta = timedelta(minutes=3),
+        kinds: Mapping[str, type[ResourceKind]] | None = None,
     ) -> None:
         self.pool = pool
+        # The installed kinds' classes, for the order of the steps (what `after` they say).
+        self.kinds = kind_classes() if kinds is None else kinds
         self.limits = limits or Limits()
         self.timing = {
             "business_tz": business_tz,
@@ -82,6 +122,7 @@ class PanelDbActivities:
                 payment_method=PaymentMethod(row["payment_method"]),
                 server=row["server"] or None,
             )
+            check = await self._with_resources(check, data.service_id, row["domain"])
         state = State.AWAITING_CONFIRMATION if check.accepted else State.REJECTED
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
@@ -119,6 +160,86 @@ class PanelDbActivities:
                 ),
             )
         return check
+
+    async def _with_resources(
+        self, check: ServiceCheck, service_id: int, domain: str
+    ) -> ServiceCheck:
+        """The service's listed resources, their context and the order of every step; a
+        kinds' order that cannot hold rejects the request (an operator's mistake)."""
+        listed = await self.pool.fetch(RESOURCES, service_id)
+        resources = [ResourceRef(**dict(r)) for r in listed]
+        try:
+            order = order_for(self.kinds, {r.kind for r in resources})
+        except StepOrderError as err:
+            return check.model_copy(update={"accepted": False, "rejection_reason": str(err)})
+        context = await self._context(service_id, domain, resources)
+        return check.model_copy(
+            update={
+                "resources": resources,
+                "step_order": order,
+                "resource_context": context,
+                "shared_resources": await self._shared(service_id, resources),
+            }
+        )
+
+    async def _context(
+        self, service_id: int, domain: str, resources: list[ResourceRef]
+    ) -> ResourceContext:
+        """What the kinds may need about the service, read here so node workers need no
+        panel database. `other_domains`: the live services' domains that equal, contain or
+        sit under this one (what one of its certificates or zones could cover), not the
+        whole panel."""
+        row = await self.pool.fetchrow(CONTEXT, service_id, domain)
+        return ResourceContext(
+            service_id=service_id,
+            domain=domain,
+            document_root=row["document_root"],
+            maildirs=list(row["maildirs"]),
+            other_domains=list(row["other_domains"]),
+            resources=resources,
+        )
+
+    async def _shared(self, service_id: int, resources: list[ResourceRef]) -> list[SharedResource]:
+        if not resources:
+            return []
+        others = await self.pool.fetch(
+            OTHERS_LISTING,
+            service_id,
+            [r.kind for r in resources],
+            [r.name for r in resources],
+            [r.server or "" for r in resources],
+        )
+        return shared_resources(
+            resources, [Listing(r["kind"], r["name"], r["server"], r["service_id"]) for r in others]
+        )
+
+    @activity.defn(name="check_shared_resources")
+    async def check_shared_resources(self, data: ResourceCheckInput) -> ResourceCheckResult:
+        """Before billing (and on each operator retry): refuse, naming its kind's step, a
+        resource that another service that is not cancelled lists too."""
+        shared = await self._shared(data.service_id, data.resources)
+        if shared:
+            raise path_refused(shared[0].message, shared[0].kind)
+        return ResourceCheckResult()
+
+    @activity.defn(name="record_resources")
+    async def record_resources(self, data: ResourceRecordInput) -> None:
+        """`deleted_at` for every verified resource of one step, and its audit line (what the
+        receipt lists), in one transaction; a retry changes nothing."""
+        verified = [r for r in data.resources if r.verified]
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "update service_resources set deleted_at = coalesce(deleted_at, now())"
+                " where service_id = $1 and id = any($2::bigint[])",
+                data.service_id,
+                [r.id for r in verified],
+            )
+            await record_work(
+                conn,
+                data,
+                resources_event(data.kind, data.server),
+                {"resources": [r.model_dump(mode="json") for r in verified]},
+            )
 
     async def _refusal(
         self, data: ServiceCheckInput, row: asyncpg.Record, run_id: str

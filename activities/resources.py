@@ -9,7 +9,8 @@ with its name, and the workflow tries again.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 from temporalio import activity
@@ -25,6 +26,7 @@ from bajas.models import (
     ResourceRef,
     ResourceStepInput,
     ResourceStepResult,
+    SharedResource,
 )
 
 NOT_GONE = "NotGone"
@@ -115,3 +117,36 @@ async def _answering(resource: ResourceRef, work: Awaitable[T]) -> T:
         raise path_refused(f"{resource.kind} {resource.name}: {err}", resource.kind) from None
     except ServerUnavailable as err:
         raise ApplicationError(str(err), type=UNAVAILABLE) from None
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A `service_resources` row of another service that is not cancelled."""
+
+    kind: str
+    name: str
+    server: str | None
+    service_id: int
+
+
+def shared_resources(
+    ours: Sequence[ResourceRef], others: Iterable[Listing]
+) -> list[SharedResource]:
+    """Each of our resources that another live service lists with the same kind, name and
+    server (a null server matches a null one), with those services; pure, in our order."""
+    by_key: dict[tuple[str, str, str | None], set[int]] = {}
+    for other in others:
+        by_key.setdefault((other.kind, other.name, other.server or None), set()).add(
+            other.service_id
+        )
+    return [
+        SharedResource(
+            id=r.id,
+            kind=r.kind,
+            name=r.name,
+            server=r.server,
+            other_service_ids=sorted(by_key[(r.kind, r.name, r.server or None)]),
+        )
+        for r in ours
+        if (r.kind, r.name, r.server or None) in by_key
+    ]

@@ -84,6 +84,14 @@ class Settings(BaseSettings):
     archive_ttl: timedelta = timedelta(days=7)
     archive_deadline: timedelta = timedelta(hours=12)
     dev_mode: bool = Field(default=False, alias="BAJAS_DEV")
+    # ---- the resource kinds bajas ships (contract section 9, docs/PLUGINS.md) ----
+    # Read by the kinds from `kind_env()`; unset: their resources are refused, named.
+    mariadb_url: SecretStr | None = None
+    postgresql_url: SecretStr | None = None
+    restic_repository: str | None = None
+    restic_password_file: Path | None = None
+    backup_root: Path = STATE_DIR / "backups"
+    restic_prune_within: timedelta = timedelta(0)
     # ---- abuse limits and the network in front of the API (docs/SECURITY.md) ----
     guess_cooldown: timedelta = timedelta(minutes=15)
     guess_max_locks: int = Field(default=3, ge=1)
@@ -126,6 +134,38 @@ class Settings(BaseSettings):
         "archive_deadline",
         mode="before",
     )(classmethod(lambda cls, v: parse_duration(v)))
+
+    @field_validator("restic_prune_within", mode="before")
+    @classmethod
+    def _prune_within(cls, value: Any) -> Any:
+        return parse_duration(value)
+
+    @field_validator("restic_prune_within")
+    @classmethod
+    def _within_a_day(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) <= value <= timedelta(hours=24):
+            raise ValueError("must be between 0 and 24 hours")
+        return value
+
+    def kind_env(self) -> dict[str, str]:
+        """What the resource kinds read: this process's environment (a provider's kind
+        may read any variable) with the settings above as given here."""
+        env = dict(os.environ)
+        for name in (
+            "mariadb_url",
+            "postgresql_url",
+            "restic_repository",
+            "restic_password_file",
+            "backup_root",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if value is not None:
+                env[name.upper()] = str(value)
+        env["RESTIC_PRUNE_WITHIN"] = str(self.restic_prune_within.total_seconds())
+        env["DELETE_THREADS"] = str(self.delete_threads)
+        return env
 
     @field_validator("archive_ttl")
     @classmethod

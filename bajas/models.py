@@ -416,6 +416,8 @@ class ServiceCheck(BaseModel):
     resources: list[ResourceRef] = Field(default_factory=list)
     step_order: list[StepOrder] = Field(default_factory=list)
     resource_context: ResourceContext | None = None
+    # Listed resources another service that is not cancelled lists too: refused.
+    shared_resources: list[SharedResource] = Field(default_factory=list)
 
     def accepted_service(self) -> AcceptedService | None:
         """The facts of an accepted service, none missing; None for a rejection."""
@@ -442,6 +444,8 @@ class AcceptedService(BaseModel):
     resources: list[ResourceRef] = Field(default_factory=list)
     step_order: list[StepOrder] = Field(default_factory=list)
     resource_context: ResourceContext | None = None
+    # Listed resources another service that is not cancelled lists too: refused.
+    shared_resources: list[SharedResource] = Field(default_factory=list)
 
     @property
     def confirmation_window(self) -> timedelta:
@@ -721,6 +725,18 @@ class ReceiptMailbox(BaseModel):
     deleted_at: AwareDatetime | None = None
 
 
+class ReceiptResource(BaseModel):
+    """One resource the deletion proved gone (contract section 9); `bytes` and `items`
+    None where its kind could not tell."""
+
+    kind: str
+    name: str
+    server: str | None = None
+    deleted_at: AwareDatetime
+    bytes: int | None = None
+    items: int | None = None
+
+
 class Receipt(BaseModel):
     """What a finished cancellation did, built once from its audit lines and stored as the
     `receipt` line: the final mail, the API, the CLI and the panel all show this."""
@@ -737,6 +753,8 @@ class Receipt(BaseModel):
     revoked_mandate_ids: list[int]
     files: ReceiptFiles
     mailboxes: list[ReceiptMailbox]
+    # Everything else the panel listed (contract section 9); absent in older receipts.
+    resources: list[ReceiptResource] = Field(default_factory=list)
 
 
 class ArchiveInput(BaseModel):
@@ -788,6 +806,9 @@ class ResourceContext(BaseModel):
     document_root: str | None = None
     maildirs: list[str] = Field(default_factory=list)
     other_domains: list[str] = Field(default_factory=list)
+    # Every resource the panel lists for the service, of every kind (a role's own
+    # databases are not "elsewhere").
+    resources: list[ResourceRef] = Field(default_factory=list)
 
 
 class ResourceOutcome(BaseModel):
@@ -894,3 +915,33 @@ class Carried(BaseModel):
 
 
 CancellationInput.model_rebuild()
+
+class SharedResource(BaseModel):
+    """A resource of the service that another service that is not cancelled lists with
+    the same kind, name and server (contract section 9): refused, never deleted."""
+
+    id: int
+    kind: str
+    name: str
+    server: str | None = None
+    other_service_ids: list[int]
+
+    @property
+    def message(self) -> str:
+        where = f" on {self.server}" if self.server else ""
+        others = ", ".join(str(i) for i in self.other_service_ids)
+        return (
+            f"{self.kind} {self.name}{where} is also listed by service {others}, which is not"
+            " cancelled: shared resources are never deleted"
+        )
+
+
+class ResourceRecordInput(BaseModel):
+    """The outcomes of one resource step, written down centrally: `deleted_at` in
+    `service_resources` for each verified one, and the audit line the receipt lists."""
+
+    service_id: int
+    customer_id: int
+    kind: str
+    server: str | None = None
+    resources: list[ResourceOutcome]

@@ -16,9 +16,11 @@ from typing import Any
 
 import asyncpg
 
-from bajas.models import Receipt, ReceiptFiles, ReceiptMailbox
+from bajas.models import Receipt, ReceiptFiles, ReceiptMailbox, ReceiptResource
 
 RECEIPT = "receipt"
+# The audit line of one resource step (`record_resources`): one per kind and server.
+RESOURCES_DELETED = "resources_deleted"
 # The audit lines a receipt is made of: a run that reached its `cancelled` mark has them all.
 SOURCES = (
     "requested",
@@ -69,7 +71,37 @@ async def build_receipt(conn: asyncpg.Connection | asyncpg.Pool, run_id: str) ->
         revoked_mandate_ids=billing.details.get("revoked_mandate_ids", []),
         files=_files(lines["files_deleted"]),
         mailboxes=await _mailboxes(conn, lines["mailboxes_deleted"], service_id),
+        resources=await receipt_resources(conn, run_id),
     )
+
+
+def resources_event(kind: str, server: str | None) -> str:
+    """The audit event of one resource step: its kind, and its server when it has one."""
+    return f"{RESOURCES_DELETED}:{kind}" + (f"@{server}" if server else "")
+
+
+async def receipt_resources(
+    conn: asyncpg.Connection | asyncpg.Pool, run_id: str
+) -> list[ReceiptResource]:
+    """Every resource the run's resource steps proved gone, from their audit lines."""
+    rows = await conn.fetch(
+        "select details, at from bajas.audit_trail where run_id = $1 and starts_with(event, $2)",
+        run_id,
+        RESOURCES_DELETED + ":",
+    )
+    found = [
+        ReceiptResource(
+            kind=r["kind"],
+            name=r["name"],
+            server=r.get("server"),
+            deleted_at=row["at"],
+            bytes=r.get("bytes"),
+            items=r.get("items"),
+        )
+        for row in rows
+        for r in _json(row["details"]).get("resources", [])
+    ]
+    return sorted(found, key=lambda r: (r.kind, r.server or "", r.name))
 
 
 def _files(line: _Line) -> ReceiptFiles:

@@ -7,7 +7,7 @@ outcome) is computed by the caller with `workflows/rules.py` and passed in.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -90,23 +90,66 @@ def working_until(term_end: datetime, tz_name: str) -> str:
 
 
 def inventory_text(inventory: Inventory) -> str:
-    """ "se eliminarán 12.431 archivos (1,8 GB) y 3 casillas con 5.210 mensajes (740 MB)"."""
-    parts = []
+    """ "se eliminarán 12.431 archivos (1,8 GB), 3 casillas con 5.210 mensajes (740 MB),
+    2 bases de datos (340 MB) y 14 copias de seguridad"."""
+    # each part with how many things it counts (one thing alone: "se eliminará")
+    parts: list[tuple[str, int]] = []
     if inventory.files or inventory.bytes:
         parts.append(
-            f"{count_of(inventory.files, 'archivo', 'archivos')} ({byte_size(inventory.bytes)})"
+            (
+                f"{count_of(inventory.files, 'archivo', 'archivos')} ({byte_size(inventory.bytes)})",
+                inventory.files,
+            )
         )
     boxes = inventory.mailboxes
     if boxes:
         messages = sum(m.messages for m in boxes)
         parts.append(
-            f"{count_of(len(boxes), 'casilla', 'casillas')} con "
-            f"{count_of(messages, 'mensaje', 'mensajes')} ({byte_size(sum(m.bytes for m in boxes))})"
+            (
+                f"{count_of(len(boxes), 'casilla', 'casillas')} con "
+                f"{count_of(messages, 'mensaje', 'mensajes')} ({byte_size(sum(m.bytes for m in boxes))})",
+                len(boxes),
+            )
+        )
+    databases = [r for r in inventory.resources if r.kind in DATABASE_KINDS]
+    if databases:
+        parts.append(
+            (
+                count_of(len(databases), "base de datos", "bases de datos")
+                + _known_size(r.bytes for r in databases),
+                len(databases),
+            )
+        )
+    backups = [r for r in inventory.resources if r.kind in BACKUP_KINDS]
+    copies = sum((r.items or 0) if r.kind == "restic_snapshots" else 1 for r in backups)
+    if copies:
+        parts.append(
+            (
+                count_of(copies, "copia de seguridad", "copias de seguridad")
+                + _known_size(r.bytes for r in backups),
+                copies,
+            )
         )
     if not parts:
         return "no hay archivos ni correo que eliminar"
-    one = len(parts) == 1 and (inventory.files == 1 if not boxes else len(boxes) == 1)
-    return f"se {'eliminará' if one else 'eliminarán'} {' y '.join(parts)}"
+    one = len(parts) == 1 and parts[0][1] == 1
+    return f"se {'eliminará' if one else 'eliminarán'} {spanish_list([p for p, _ in parts])}"
+
+
+# Kinds (contract section 9) the inventory sentence counts as databases, and as backups.
+DATABASE_KINDS = frozenset({"mariadb_database", "postgresql_database"})
+BACKUP_KINDS = frozenset({"restic_snapshots", "backup_directory"})
+
+
+def spanish_list(parts: Sequence[str]) -> str:
+    """ "a", "a y b", "a, b y c"."""
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " y " + parts[-1]
+
+
+def _known_size(sizes: Iterable[int | None]) -> str:
+    """ " (340 MB)" for the sizes known, or nothing when none is."""
+    known = [n for n in sizes if n is not None]
+    return f" ({byte_size(sum(known))})" if known else ""
 
 
 COUNTING = "contando…"
@@ -327,6 +370,21 @@ def receipt_text(receipt: Receipt, tz_name: str) -> str:
             lines.append(line)
     else:
         lines.append("Correo: el servicio no tenía buzones.")
+    if receipt.resources:
+        lines.append("Bases de datos, copias de seguridad y demás recursos:")
+        for resource in receipt.resources:
+            label, items = RESOURCE_LABELS.get(
+                resource.kind, (resource.kind, ("elemento", "elementos"))
+            )
+            line = f"- {label} {resource.name}"
+            if resource.server:
+                line += f" en {resource.server}"
+            line += f", borrado el {when(resource.deleted_at)}"
+            if resource.items is not None:
+                line += f": {count_of(resource.items, *items)}{_size(resource.bytes)}"
+            elif resource.bytes is not None:
+                line += f": {byte_size(resource.bytes)}"
+            lines.append(line)
     lines += [
         "",
         f"Facturación, cerrada el {when(receipt.billing_closed_at)}: "
@@ -335,6 +393,17 @@ def receipt_text(receipt: Receipt, tz_name: str) -> str:
         "Débitos automáticos revocados: " + _ids(receipt.revoked_mandate_ids, "ninguno"),
     ]
     return "\n".join(lines)
+
+
+# How the receipt names each kind bajas ships, and what its `items` count.
+RESOURCE_LABELS: dict[str, tuple[str, tuple[str, str]]] = {
+    "mariadb_database": ("base de datos MariaDB", ("tabla", "tablas")),
+    "mariadb_user": ("usuario MariaDB", ("host", "hosts")),
+    "postgresql_database": ("base de datos PostgreSQL", ("tabla", "tablas")),
+    "postgresql_role": ("rol PostgreSQL", ("rol", "roles")),
+    "restic_snapshots": ("copias restic con la etiqueta", ("copia", "copias")),
+    "backup_directory": ("carpeta de copias", ("archivo", "archivos")),
+}
 
 
 def _size(n: int | None) -> str:

@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from tests.helpers.mail import MailServer, serving_mail
 from tests.helpers.panel import Panel
 from tests.helpers.processes import Postgres, migrated_pool
 from tests.helpers.temporal import Environments
+from tests.servers import mariadb, restic_repo  # noqa: F401  (session fixtures)
 from worker import build_worker
 
 
@@ -159,11 +161,20 @@ async def stack(
     temporal_env: WorkflowEnvironment, pool: asyncpg.Pool, mail: MailSink, settings: Settings
 ) -> AsyncIterator[Stack]:
     """The real worker on the real server, PostgreSQL and SMTP sink."""
-    worker = build_worker(temporal_env.client, settings, pool)
+    async with running_stack(temporal_env.client, settings, pool, mail) as running:
+        yield running
+
+
+@asynccontextmanager
+async def running_stack(
+    client: Client, settings: Settings, pool: asyncpg.Pool, mail: MailSink
+) -> AsyncIterator[Stack]:
+    """A real worker configured by `settings`, polling for the block."""
+    worker = build_worker(client, settings, pool)
     task = asyncio.create_task(worker.run())
     yield Stack(
-        client=temporal_env.client,
-        cancellations=CancellationClient(temporal_env.client, settings.temporal_task_queue),
+        client=client,
+        cancellations=CancellationClient(client, settings.temporal_task_queue),
         pool=pool,
         mail=mail,
         settings=settings,

@@ -16,6 +16,8 @@ from bajas.models import (
     Receipt,
     ReceiptFiles,
     ReceiptMailbox,
+    ReceiptResource,
+    ResourceInventory,
     State,
     StepProgress,
     Steps,
@@ -320,3 +322,44 @@ def test_a_withdrawal_after_billing_closed_says_it_stays_closed() -> None:
     assert "ejemplo.com.ar" in subject and "la facturación sigue cerrada" in subject
     assert "no se borra nada, el sitio y el correo siguen funcionando" in body
     assert "Vence el 20 de julio de 2026: para seguir usándolo, renuévelo a mano" in body
+
+
+def test_the_inventory_lists_databases_and_backups_with_their_sizes() -> None:
+    resources = [
+        ResourceInventory(kind="mariadb_database", name="tienda", bytes=300_000_000, items=40),
+        ResourceInventory(kind="postgresql_database", name="blog", bytes=40_000_000, items=9),
+        ResourceInventory(kind="mariadb_user", name="tienda", items=2),
+        ResourceInventory(kind="restic_snapshots", name="svc-42", items=13),
+        ResourceInventory(kind="backup_directory", name="/srv/copias/42"),
+    ]
+    inventory = Inventory(files=0, bytes=0, resources=resources)
+    assert texts.inventory_text(inventory) == (
+        "se eliminarán 2 bases de datos (340 MB) y 14 copias de seguridad"
+    )
+    with_files = Inventory(files=3, bytes=3000, resources=resources[:1])
+    assert texts.inventory_line(with_files) == (
+        "Se eliminarán 3 archivos (3,0 kB) y 1 base de datos (300 MB)."
+    )
+    alone = Inventory(files=0, bytes=0, resources=resources[:1])
+    assert texts.inventory_text(alone) == "se eliminará 1 base de datos (300 MB)"
+
+
+def test_the_receipt_lists_every_resource() -> None:
+    gone = [
+        ReceiptResource(
+            kind="mariadb_database",
+            name="tienda",
+            server="db1",
+            deleted_at=AT,
+            bytes=340_000_000,
+            items=40,
+        ),
+        ReceiptResource(kind="mariadb_user", name="tienda", server="db1", deleted_at=AT, items=2),
+        ReceiptResource(kind="example_marker", name="m-1", deleted_at=AT),
+    ]
+    text = texts.receipt_text(_receipt(resources=gone), TZ)
+    at = "05/06/2026 16:44 (hora de Buenos Aires)"
+    assert f"- base de datos MariaDB tienda en db1, borrado el {at}: 40 tablas (340 MB)" in text
+    assert f"- usuario MariaDB tienda en db1, borrado el {at}: 2 hosts" in text
+    assert f"- example_marker m-1, borrado el {at}" in text
+    assert "Bases de datos" not in texts.receipt_text(_receipt(), TZ)

