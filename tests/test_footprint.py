@@ -1,0 +1,283 @@
+"""The server-footprint kinds on real servers started by the tests (tests/footprint_servers.py):
+each resource deleted through `ResourceActivities`, proven gone by the kind's own check
+and by the server itself, its neighbours untouched, and the unsafe ones refused."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dns.asyncquery
+import dns.message
+import dns.rcode
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from temporalio.exceptions import ApplicationError
+
+from activities.errors import PATH_REFUSED
+from activities.kinds import load_kinds
+from activities.kinds.system_user import processes_of
+from activities.resources import ResourceActivities
+from bajas.models import (
+    ResourceCheckInput,
+    ResourceContext,
+    ResourceRef,
+    ResourceStepInput,
+    ResourceStepResult,
+)
+from tests.footprint_servers import Nginx, PhpFpm, PowerDns, Users, nginx, php_fpm, powerdns, users
+from tests.helpers import assert_eventually, new_id
+
+__all__ = ["nginx", "php_fpm", "powerdns", "users"]  # the session fixtures used below
+
+
+def context(**fields: object) -> ResourceContext:
+    return ResourceContext(service_id=new_id(), domain="customer.test", **fields)
+
+
+async def delete(
+    env: Mapping[str, str], kind: str, name: str, ctx: ResourceContext | None = None
+) -> ResourceStepResult:
+    """One attempt of the kind's step, as the workflow runs it on the resource's worker."""
+    ctx = ctx or context()
+    activities = ResourceActivities(load_kinds(env))
+    return await activities.delete_resources(
+        ResourceStepInput(
+            service_id=ctx.service_id,
+            customer_id=1,
+            kind=kind,
+            resources=[ResourceRef(id=new_id(), kind=kind, name=name)],
+            context=ctx,
+        )
+    )
+
+
+async def inventory_items(env: Mapping[str, str], kind: str, name: str) -> int | None:
+    ctx = context()
+    counted = await ResourceActivities(load_kinds(env)).inventory_resources(
+        ResourceCheckInput(
+            service_id=ctx.service_id,
+            customer_id=1,
+            resources=[ResourceRef(id=new_id(), kind=kind, name=name)],
+            context=ctx,
+        )
+    )
+    return counted.resources[0].items
+
+
+async def refused(
+    env: Mapping[str, str], kind: str, name: str, ctx: ResourceContext | None = None
+) -> str:
+    """The refusal's message, as `status` shows it in the kind's step."""
+    with pytest.raises(ApplicationError) as caught:
+        await delete(env, kind, name, ctx)
+    assert caught.value.type == PATH_REFUSED
+    assert caught.value.details == (kind,)
+    return caught.value.message
+
+
+async def test_nginx_site_stops_answering_and_its_neighbour_keeps_answering(nginx: Nginx) -> None:
+    nginx.add_site("gone-site", "gone.test")
+    nginx.add_site("kept-site", "kept.test")
+    await assert_eventually(
+        lambda: nginx.serves(gone_test="site gone-site\n", kept_test="site kept-site\n"), "sites"
+    )
+
+    result = await delete(nginx.env, "nginx_site", "gone-site")
+
+    assert result.verified and result.resources[0].verified
+    assert not (nginx.available / "gone-site").exists()
+    assert not os.path.lexists(nginx.enabled / "gone-site")
+    await assert_eventually(
+        lambda: nginx.serves(gone_test="404", kept_test="site kept-site\n"), "only the neighbour"
+    )
+    again = await delete(nginx.env, "nginx_site", "gone-site")
+    assert again.verified and again.resources[0].bytes is None
+
+
+async def test_a_configuration_nginx_refuses_without_the_site_puts_it_back(nginx: Nginx) -> None:
+    upstream = "    location /api { proxy_pass http://shared_backend; }\n"
+    nginx.add_site("defines-upstream", "upstream.test")
+    with (nginx.available / "defines-upstream").open("a") as conf:
+        conf.write("upstream shared_backend { server 127.0.0.1:9; }\n")
+    nginx.add_site("uses-upstream", "user.test", extra=upstream)
+    await assert_eventually(
+        lambda: nginx.serves(
+            user_test="site uses-upstream\n", upstream_test="site defines-upstream\n"
+        ),
+        "both sites",
+    )
+    before = (nginx.available / "defines-upstream").read_bytes()
+    mode = (nginx.available / "defines-upstream").stat().st_mode
+    link = os.readlink(nginx.enabled / "defines-upstream")
+
+    message = await refused(nginx.env, "nginx_site", "defines-upstream")
+
+    assert "shared_backend" in message and "put back" in message and "\n" not in message
+    assert (nginx.available / "defines-upstream").read_bytes() == before
+    assert (nginx.available / "defines-upstream").stat().st_mode == mode
+    assert os.readlink(nginx.enabled / "defines-upstream") == link
+    assert nginx.serves(upstream_test="site defines-upstream\n")
+    for name in ("uses-upstream", "defines-upstream"):
+        assert (await delete(nginx.env, "nginx_site", name)).verified
+
+
+async def test_php_fpm_pool_is_removed_and_php_fpm_reloaded(php_fpm: PhpFpm) -> None:
+    php_fpm.add_pool("gonepool")
+    await assert_eventually(lambda: "gonepool" in php_fpm.pools_running(), "the pool running")
+
+    result = await delete(php_fpm.env, "php_fpm_pool", "gonepool.conf")
+
+    assert result.verified
+    await assert_eventually(
+        lambda: php_fpm.pools_running() == {"neighbour"}, "only the neighbour's pool running"
+    )
+    env = {k: v for k, v in php_fpm.env.items() if k != "PHP_FPM_POOL_DIR"}
+    assert "PHP_FPM_POOL_DIR is not set" in await refused(env, "php_fpm_pool", "x.conf")
+
+
+async def soa_rcode(server: PowerDns, zone: str) -> tuple[int, int]:
+    query = dns.message.make_query(zone, "SOA")
+    answer = await dns.asyncquery.udp(query, "127.0.0.1", port=server.dns_port, timeout=3)
+    return answer.rcode(), len(answer.answer)
+
+
+async def test_a_zone_of_200_records_is_deleted_and_no_longer_answers(powerdns: PowerDns) -> None:
+    powerdns.create_zone("gone-zone.test.", records=200)
+    assert await inventory_items(powerdns.env, "dns_zone", "gone-zone.test.") == 200
+    assert await soa_rcode(powerdns, "gone-zone.test.") == (dns.rcode.NOERROR, 1)
+
+    result = await delete(powerdns.env, "dns_zone", "gone-zone.test.")
+
+    assert result.verified and result.resources[0].items == 200
+    api = httpx.get(
+        f"{powerdns.env['PDNS_API_URL']}/api/v1/servers/localhost/zones/gone-zone.test.",
+        headers={"X-API-Key": powerdns.key},
+    )
+    assert api.status_code == 404
+    assert (await soa_rcode(powerdns, "gone-zone.test."))[0] == dns.rcode.REFUSED
+    assert (await delete(powerdns.env, "dns_zone", "gone-zone.test.")).verified
+
+
+async def test_a_zone_serving_another_live_service_is_refused(powerdns: PowerDns) -> None:
+    powerdns.create_zone("shared-zone.test.", records=3)
+    ctx = context(other_domains=["shop.shared-zone.test"])
+
+    message = await refused(powerdns.env, "dns_zone", "shared-zone.test.", ctx)
+
+    assert "shop.shared-zone.test" in message
+    assert await soa_rcode(powerdns, "shared-zone.test.") == (dns.rcode.NOERROR, 1)
+
+
+def make_lineage(root: Path, name: str, domains: list[str]) -> None:
+    """A certbot lineage as certbot lays it out: live/ links into archive/."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=90))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in domains]), False)
+        .sign(key, hashes.SHA256())
+    )
+    archive, live = root / "archive" / name, root / "live" / name
+    archive.mkdir(parents=True)
+    live.mkdir(parents=True)
+    (root / "renewal").mkdir(exist_ok=True)
+    (archive / "cert1.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (archive / "privkey1.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    for part in ("cert", "privkey"):
+        (live / f"{part}.pem").symlink_to(f"../../archive/{name}/{part}1.pem")
+    (root / "renewal" / f"{name}.conf").write_text(f"archive_dir = {archive}\n")
+
+
+async def test_a_certificate_is_removed_unless_it_covers_another_live_service(
+    tmp_path: Path,
+) -> None:
+    env = {"LETSENCRYPT_DIR": str(tmp_path)}
+    make_lineage(tmp_path, "customer.test", ["customer.test", "www.customer.test"])
+    make_lineage(tmp_path, "shared.test", ["customer2.test", "*.shared.test"])
+    ctx = context(other_domains=["shop.shared.test", "elsewhere.test"])
+
+    result = await delete(env, "tls_certificate", "customer.test", ctx)
+    message = await refused(env, "tls_certificate", "shared.test", ctx)
+
+    assert result.verified and result.resources[0].items == 3
+    for gone in ("live/customer.test", "archive/customer.test", "renewal/customer.test.conf"):
+        assert not os.path.lexists(tmp_path / gone)
+    assert "shop.shared.test" in message and "elsewhere" not in message
+    assert (tmp_path / "archive" / "shared.test" / "privkey1.pem").is_file()
+
+
+async def test_cron_jobs_of_the_user_are_removed(users: Users) -> None:
+    name = users.add()
+    job = f"* * * * * echo tick >> {users.hosting_root}/{name}/ticks\n"
+    subprocess.run(["crontab", "-u", name, "-"], input=job.encode(), check=True)
+    assert await inventory_items({}, "cron", name) == 1
+
+    result = await delete({}, "cron", name)
+
+    assert result.verified and result.resources[0].items == 1
+    listed = subprocess.run(["crontab", "-u", name, "-l"], capture_output=True, text=True)
+    assert listed.returncode != 0 and "no crontab" in listed.stderr
+    assert not Path("/var/spool/cron/crontabs", name).exists()
+    assert (await delete({}, "cron", name)).verified
+
+
+async def test_a_user_with_a_running_process_is_ended_and_removed(users: Users) -> None:
+    env = {"HOSTING_ROOT": str(users.hosting_root)}
+    name = users.add()
+    home = Path(pwd.getpwnam(name).pw_dir)
+    uid = pwd.getpwnam(name).pw_uid
+    users.run_as(name, "sleep", "600")
+    await assert_eventually(lambda: processes_of(uid), "the user's process")
+
+    result = await delete(env, "system_user", name, context(document_root=str(home / "www")))
+
+    assert result.verified
+    with pytest.raises(KeyError):
+        pwd.getpwnam(name)
+    assert processes_of(uid) == []
+    # Its home stays (userdel without -r) and is reported, never deleted.
+    assert home.is_dir()
+    detail = result.resources[0].detail or ""
+    assert f"uid {uid}" in detail and str(home) in detail
+    assert (await delete(env, "system_user", name)).verified
+
+
+@pytest.mark.parametrize("name", ["root", "daemon", "nobody"])
+async def test_system_accounts_are_refused(name: str, tmp_path: Path) -> None:
+    env = {"HOSTING_ROOT": str(tmp_path)}
+    message = await refused(env, "system_user", name)
+    assert "system account" in message or "uid" in message
+    assert pwd.getpwnam(name)
+    if name != "root":
+        assert "uid" in await refused(env, "cron", name)
+
+
+async def test_a_user_whose_home_is_outside_the_hosting_root_is_refused(
+    users: Users, tmp_path: Path
+) -> None:
+    name = users.add()
+    message = await refused({"HOSTING_ROOT": str(tmp_path)}, "system_user", name)
+    assert "HOSTING_ROOT" in message
+    assert pwd.getpwnam(name)
