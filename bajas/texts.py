@@ -7,7 +7,7 @@ outcome) is computed by the caller with `workflows/rules.py` and passed in.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -107,6 +107,26 @@ def inventory_text(inventory: Inventory) -> str:
         return "no hay archivos ni correo que eliminar"
     one = len(parts) == 1 and (inventory.files == 1 if not boxes else len(boxes) == 1)
     return f"se {'eliminará' if one else 'eliminarán'} {' y '.join(parts)}"
+
+
+# What stops at once when the deletion starts, by the resource kind that stops it
+# (contract section 9), in the order the sentence says it.
+STOPS_AT_ONCE: tuple[tuple[str, str], ...] = (
+    ("nginx_site", "el sitio deja de responder"),
+    ("dns_zone", "el dominio deja de resolverse en nuestros servidores"),
+    ("cron", "las tareas programadas se detienen"),
+)
+
+
+def stops_at_once(kinds: Iterable[str]) -> str | None:
+    """For the preview and the code mail: "Apenas empieza la eliminación, el sitio deja
+    de responder, …", only the parts the service's resource kinds bring; None without."""
+    present = set(kinds)
+    parts = [text for kind, text in STOPS_AT_ONCE if kind in present]
+    if not parts:
+        return None
+    listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} y {parts[-1]}"
+    return f"Apenas empieza la eliminación, {listed}."
 
 
 COUNTING = "contando…"

@@ -33,6 +33,7 @@ from bajas.models import (
     ResourceStepInput,
     ResourceStepResult,
 )
+from bajas.texts import stops_at_once
 from tests.footprint_servers import Nginx, PhpFpm, PowerDns, Users, nginx, php_fpm, powerdns, users
 from tests.helpers import assert_eventually, new_id
 
@@ -281,3 +282,21 @@ async def test_a_user_whose_home_is_outside_the_hosting_root_is_refused(
     message = await refused({"HOSTING_ROOT": str(tmp_path)}, "system_user", name)
     assert "HOSTING_ROOT" in message
     assert pwd.getpwnam(name)
+
+
+@pytest.mark.parametrize(
+    ("kinds", "expected"),
+    [
+        (
+            ["system_user", "cron", "dns_zone", "nginx_site"],
+            "Apenas empieza la eliminación, el sitio deja de responder, el dominio deja de"
+            " resolverse en nuestros servidores y las tareas programadas se detienen.",
+        ),
+        (["cron"], "Apenas empieza la eliminación, las tareas programadas se detienen."),
+        (["mariadb_database", "system_user"], None),
+    ],
+)
+def test_the_customer_is_told_only_what_stops_for_the_kinds_present(
+    kinds: list[str], expected: str | None
+) -> None:
+    assert stops_at_once(kinds) == expected
