@@ -4,7 +4,7 @@ its files: the files step deleted what the service owned). Files it still owns o
 the service's folders are reported in the step's detail and the receipt, never deleted:
 the search covers HOSTING_ROOT, /tmp, /var/tmp and /dev/shm, up to SEARCH_LIMIT entries.
 
-The uid is never to be handed out again: docs/RUNBOOK.md says how operators keep it so."""
+The uid is never to be handed out again: docs/FOOTPRINT.md says how operators keep it so."""
 
 from __future__ import annotations
 
