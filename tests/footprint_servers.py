@@ -18,7 +18,6 @@ import shlex
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -29,12 +28,17 @@ import httpx
 import pytest
 
 from activities.kinds.system_user import processes_of
-from tests.helpers import free_port, port_open
-
-PDNS_SCHEMAS = (
-    "/usr/share/doc/pdns-backend-sqlite3/schema.sqlite3.sql",
-    "/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql",
+from bajas.dev.footprint import (
+    nginx_conf,
+    pdns_conf,
+    pdns_schema,
+    php_fpm_conf,
+    pool_conf,
+    start_process,
+    stop_process,
+    zone_request,
 )
+from tests.helpers import free_port, port_open
 
 
 def _program(*names: str) -> str:
@@ -55,16 +59,6 @@ def _free_udp_and_tcp_port() -> int:
             except OSError:
                 continue
         return port
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def _wait_port(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
@@ -96,13 +90,16 @@ class Nginx:
         return self.prefix / "sites-enabled"
 
     @property
+    def where(self) -> list[str]:
+        return ["-p", str(self.prefix), "-c", str(self.conf), "-e", str(self.prefix / "error.log")]
+
+    @property
     def env(self) -> dict[str, str]:
-        where = f"-p {shlex.quote(str(self.prefix))} -c {shlex.quote(str(self.conf))}"
         return {
             "NGINX_SITES_AVAILABLE": str(self.available),
             "NGINX_SITES_ENABLED": str(self.enabled),
-            "NGINX_TEST": f"{self.binary} -q -t {where}",
-            "NGINX_RELOAD": f"{self.binary} -s reload {where}",
+            "NGINX_TEST": shlex.join([self.binary, "-q", "-t", *self.where]),
+            "NGINX_RELOAD": shlex.join([self.binary, "-s", "reload", *self.where]),
         }
 
     def add_site(self, name: str, domain: str, extra: str = "") -> None:
@@ -145,32 +142,18 @@ def _parent(stat: str) -> str | None:
 def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
     binary = _program("nginx")
     prefix = tmp_path_factory.mktemp("nginx")
-    for folder in ("sites-available", "sites-enabled", "temp", "logs"):
+    for folder in ("sites-available", "sites-enabled", "temp"):
         (prefix / folder).mkdir()
     port = free_port()
     conf = prefix / "nginx.conf"
-    temps = " ".join(
-        f"{what}_temp_path {prefix}/temp/{what};"
-        for what in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    conf.write_text(
-        f"daemon off;\nworker_processes 1;\npid {prefix}/nginx.pid;\n"
-        f"error_log {prefix}/logs/error.log;\nevents {{ worker_connections 64; }}\n"
-        f"http {{\n  access_log off;\n  {temps}\n"
-        f"  server {{ listen 127.0.0.1:{port} default_server; return 404; }}\n"
-        f"  include {prefix}/sites-enabled/*;\n}}\n"
-    )
+    conf.write_text(nginx_conf(prefix, port))
     server = Nginx(binary, prefix, conf, port)
-    process = subprocess.Popen(
-        [binary, "-p", str(prefix), "-c", str(conf)],
-        start_new_session=True,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_process([binary, *server.where], prefix / "error.log")
     try:
-        _wait_port(process, port, prefix / "logs" / "error.log")
+        _wait_port(process, port, prefix / "error.log")
         yield server
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @dataclass
@@ -189,7 +172,7 @@ class PhpFpm:
         }
 
     def add_pool(self, name: str) -> None:
-        (self.pools / f"{name}.conf").write_text(_pool(name, self.pools))
+        (self.pools / f"{name}.conf").write_text(pool_conf(name, self.pools))
         subprocess.run(shlex.split(self.env["PHP_FPM_RELOAD"]), check=True)
 
     def pools_running(self) -> set[str]:
@@ -208,13 +191,6 @@ class PhpFpm:
         return running
 
 
-def _pool(name: str, folder: Path) -> str:
-    return (
-        f"[{name}]\nuser = nobody\ngroup = nogroup\nlisten = {folder}/{name}.sock\n"
-        "pm = static\npm.max_children = 1\n"
-    )
-
-
 @pytest.fixture(scope="session")
 def php_fpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PhpFpm]:
     binary = _program("php-fpm", "php-fpm[0-9]*")
@@ -222,15 +198,10 @@ def php_fpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PhpFpm]:
     pools = root / "pool.d"
     pools.mkdir()
     # A neighbour's pool: PHP-FPM does not start without one.
-    (pools / "neighbour.conf").write_text(_pool("neighbour", pools))
+    (pools / "neighbour.conf").write_text(pool_conf("neighbour", pools))
     conf = root / "php-fpm.conf"
-    conf.write_text(
-        f"[global]\npid = {root}/php-fpm.pid\nerror_log = {root}/php-fpm.log\n"
-        f"daemonize = no\ninclude = {pools}/*.conf\n"
-    )
-    process = subprocess.Popen(
-        [binary, "-F", "-y", str(conf)], start_new_session=True, stderr=subprocess.DEVNULL
-    )
+    conf.write_text(php_fpm_conf(root, pools))
+    process = start_process([binary, "-F", "-y", str(conf)], root / "php-fpm.log")
     server = PhpFpm(binary, conf, pools, process)
     try:
         for _ in range(200):
@@ -241,7 +212,7 @@ def php_fpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PhpFpm]:
             raise RuntimeError(f"php-fpm did not start: {(root / 'php-fpm.log').read_text()}")
         yield server
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @dataclass
@@ -262,74 +233,32 @@ class PowerDns:
     def create_zone(self, zone: str, records: int) -> None:
         """A zone with exactly `records` records: SOA, NS and A records for the rest."""
         soa = f"ns1.{zone} hostmaster.{zone} 1 10800 3600 604800 3600"
-        rrsets = [
-            _rrset(zone, "SOA", soa),
-            _rrset(zone, "NS", f"ns1.{zone}"),
-            *(
-                _rrset(f"h{n}.{zone}", "A", f"10.0.{n // 250}.{n % 250 + 1}")
-                for n in range(records - 2)
-            ),
+        hosts = [
+            (f"h{n}.{zone}", "A", f"10.0.{n // 250}.{n % 250 + 1}") for n in range(records - 2)
         ]
         response = httpx.post(
             f"{self.env['PDNS_API_URL']}/api/v1/servers/localhost/zones",
             headers={"X-API-Key": self.key},
-            json={"name": zone, "kind": "Native", "nameservers": [], "rrsets": rrsets},
+            json=zone_request(zone, [(zone, "SOA", soa), (zone, "NS", f"ns1.{zone}"), *hosts]),
         )
         response.raise_for_status()
-
-
-def _rrset(name: str, kind: str, content: str) -> dict[str, object]:
-    return {
-        "name": name,
-        "type": kind,
-        "ttl": 3600,
-        "changetype": "REPLACE",
-        "records": [{"content": content, "disabled": False}],
-    }
 
 
 @pytest.fixture(scope="session")
 def powerdns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PowerDns]:
     binary = _program("pdns_server")
-    schema = next((Path(p) for p in PDNS_SCHEMAS if Path(p).is_file()), None)
-    if schema is None:
+    if pdns_schema() is None:
         pytest.skip("pdns-backend-sqlite3 is not installed")
     root = tmp_path_factory.mktemp("pdns")
-    database = root / "pdns.sqlite3"
-    with sqlite3.connect(database) as db:
-        db.executescript(schema.read_text())
     server = PowerDns(free_port(), _free_udp_and_tcp_port(), secrets.token_hex(16))
-    settings = {
-        "launch": "gsqlite3",
-        "gsqlite3-database": database,
-        "local-address": "127.0.0.1",
-        "local-port": server.dns_port,
-        "api": "yes",
-        "api-key": server.key,
-        "webserver": "yes",
-        "webserver-address": "127.0.0.1",
-        "webserver-port": server.api_port,
-        "webserver-allow-from": "127.0.0.0/8",
-        "socket-dir": root,
-        "guardian": "no",
-        "daemon": "no",
-        "disable-syslog": "yes",
-        "loglevel": "3",
-    }
-    (root / "pdns.conf").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+    (root / "pdns.conf").write_text(pdns_conf(root, server.api_port, server.dns_port, server.key))
     log = root / "pdns.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [binary, f"--config-dir={root}"],
-            start_new_session=True,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_process([binary, f"--config-dir={root}"], log)
     try:
         _wait_port(process, server.api_port, log)
         yield server
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @dataclass
