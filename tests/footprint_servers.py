@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from activities.kinds.system_user import processes_of
+from activities.kinds.processes import processes_of
 from bajas.dev.footprint import (
     nginx_conf,
     pdns_conf,
@@ -291,6 +292,15 @@ class Users:
         threading.Thread(target=process.wait, daemon=True).start()
         return process
 
+    def run_as_cron_job(self, name: str, script: str) -> subprocess.Popen[bytes]:
+        """`script` run as the user under a root parent named CRON, as Debian's cron runs
+        each job; the parent stays until the job ends."""
+        job = shlex.join(["setpriv", f"--reuid={name}", f"--regid={name}", "--init-groups"])
+        parent = f"printf CRON > /proc/$$/comm; {job} sh -c {shlex.quote(script)}; exit 0"
+        process = subprocess.Popen(["sh", "-c", parent], start_new_session=True)
+        threading.Thread(target=process.wait, daemon=True).start()
+        return process
+
     def remove_all(self) -> None:
         for name in self.made:
             with contextlib.suppress(KeyError):
@@ -302,11 +312,13 @@ class Users:
 
 
 @pytest.fixture(scope="session")
-def users(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Users]:
-    root = tmp_path_factory.mktemp("hosting")
+def users() -> Iterator[Users]:
+    # Not under pytest's folder: its parents are closed to other users (0700).
+    root = Path(tempfile.mkdtemp(prefix="bajas-hosting-"))
     root.chmod(0o755)
     made = Users(root)
     try:
         yield made
     finally:
         made.remove_all()
+        shutil.rmtree(root, ignore_errors=True)

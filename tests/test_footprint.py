@@ -24,8 +24,9 @@ from temporalio.exceptions import ApplicationError
 
 from activities.errors import PATH_REFUSED
 from activities.kinds import load_kinds
-from activities.kinds.system_user import processes_of
+from activities.kinds.processes import cron_jobs_of, processes_of
 from activities.resources import ResourceActivities
+from bajas.dev.footprint import php_fpm_conf, pool_conf
 from bajas.models import (
     ResourceCheckInput,
     ResourceContext,
@@ -145,6 +146,26 @@ async def test_php_fpm_pool_is_removed_and_php_fpm_reloaded(php_fpm: PhpFpm) -> 
     assert "PHP_FPM_POOL_DIR is not set" in await refused(env, "php_fpm_pool", "x.conf")
 
 
+async def test_a_pool_php_fpm_cannot_do_without_is_put_back(
+    php_fpm: PhpFpm, tmp_path: Path
+) -> None:
+    pools = tmp_path / "pool.d"
+    pools.mkdir()
+    (pools / "only.conf").write_text(pool_conf("only", pools))
+    before = (pools / "only.conf").read_bytes()
+    (tmp_path / "php-fpm.conf").write_text(php_fpm_conf(tmp_path, pools))
+    env = {
+        "PHP_FPM_POOL_DIR": str(pools),
+        "PHP_FPM_TEST": f"{php_fpm.binary} -t -y {tmp_path / 'php-fpm.conf'}",
+        "PHP_FPM_RELOAD": "false",
+    }
+
+    message = await refused(env, "php_fpm_pool", "only.conf")
+
+    assert "put back" in message and "pool" in message.lower()
+    assert (pools / "only.conf").read_bytes() == before
+
+
 async def soa_rcode(server: PowerDns, zone: str) -> tuple[int, int]:
     query = dns.message.make_query(zone, "SOA")
     answer = await dns.asyncquery.udp(query, "127.0.0.1", port=server.dns_port, timeout=3)
@@ -227,17 +248,29 @@ async def test_a_certificate_is_removed_unless_it_covers_another_live_service(
         assert not os.path.lexists(tmp_path / gone)
     assert "shop.shared.test" in message and "elsewhere" not in message
     assert (tmp_path / "archive" / "shared.test" / "privkey1.pem").is_file()
+    assert (await delete(env, "tls_certificate", "customer.test", ctx)).verified
 
 
-async def test_cron_jobs_of_the_user_are_removed(users: Users) -> None:
+async def test_cron_jobs_of_the_user_are_removed_and_the_running_one_ended(
+    users: Users,
+) -> None:
     name = users.add()
-    job = f"* * * * * echo tick >> {users.hosting_root}/{name}/ticks\n"
+    uid = pwd.getpwnam(name).pw_uid
+    ticks = users.hosting_root / name / "ticks"
+    job = f"* * * * * echo tick >> {ticks}\n"
     subprocess.run(["crontab", "-u", name, "-"], input=job.encode(), check=True)
+    # A job cron started and that is still writing. cron starts jobs only on the minute,
+    # so a stand-in for its per-job child (a root process named CRON) starts the job.
+    writer = f"while :; do echo tick >> {ticks}; sleep 0.2; done"
+    users.run_as_cron_job(name, writer)
+    await assert_eventually(lambda: ticks.exists() and cron_jobs_of(uid), "the job writing")
     assert await inventory_items({}, "cron", name) == 1
 
     result = await delete({}, "cron", name)
 
     assert result.verified and result.resources[0].items == 1
+    assert "ended" in (result.resources[0].detail or "")
+    assert cron_jobs_of(uid) == []  # the only writer is gone: the file no longer grows
     listed = subprocess.run(["crontab", "-u", name, "-l"], capture_output=True, text=True)
     assert listed.returncode != 0 and "no crontab" in listed.stderr
     assert not Path("/var/spool/cron/crontabs", name).exists()

@@ -4,6 +4,7 @@ contract says (split as a POSIX shell would, run without a shell), and errors in
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shlex
 from collections.abc import Mapping
@@ -37,6 +38,8 @@ def user_name_error(name: str) -> str | None:
 
 
 def uid_error(uid: int) -> str | None:
+    if uid == os.geteuid():
+        return f"uid {uid} is the account bajas runs as"
     if uid < FIRST_UID:
         return f"uid {uid} is below {FIRST_UID}: a system account"
     if uid > LAST_UID:

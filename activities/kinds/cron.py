@@ -1,18 +1,22 @@
 """`cron`: a system user's crontab, removed before the files so that no job runs a
 half-deleted site; gone when `crontab -l` says the user has none and its spool file
-(CRON_SPOOL_DIR, Debian's `/var/spool/cron/crontabs`) is absent. A job already running
-is ended with the user's other processes by `system_user`."""
+(CRON_SPOOL_DIR, Debian's `/var/spool/cron/crontabs`) is absent. Its jobs still running
+(the user's processes a cron daemon started) are ended too, so that "las tareas
+programadas se detienen" holds before the files go; its other processes are left to
+`system_user`."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import pwd
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
 from activities.kinds._common import one_line, run, uid_error, user_name_error
 from activities.kinds.base import FILES, Measure, Removal, ResourceKind, ResourceRefused
+from activities.kinds.processes import cron_jobs_of, end_processes
 from bajas.models import ResourceContext, ResourceRef
 
 NONE = "no crontab for"
@@ -53,13 +57,24 @@ class Cron(ResourceKind):
                 )
         # A user already removed keeps its spool file, which crontab no longer reaches.
         await asyncio.to_thread(self._spool(resource.name).unlink, missing_ok=True)
-        return Removal(bytes=measure.bytes, items=measure.items)
+        uid = _uid(resource.name)
+        ended = (
+            await asyncio.to_thread(end_processes, partial(cron_jobs_of, uid))
+            if uid is not None
+            else 0
+        )
+        note = f"ended {ended} running cron job processes" if ended else None
+        return Removal(bytes=measure.bytes, items=measure.items, detail=note)
 
     async def verify(self, resource: ResourceRef, context: ResourceContext) -> str | None:
         if os.path.lexists(self._spool(resource.name)):
             return f"{self._spool(resource.name)} is still there"
         if await self._table(resource.name) is not None:
             return f"crontab -u {resource.name} -l still lists a crontab"
+        uid = _uid(resource.name)
+        running = await asyncio.to_thread(cron_jobs_of, uid) if uid is not None else []
+        if running:
+            return f"{len(running)} cron job processes of the user still running"
         return None
 
     def _spool(self, name: str) -> Path:

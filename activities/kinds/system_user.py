@@ -11,62 +11,22 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
-import signal
-import time
 from collections.abc import Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
 from activities.kinds._common import one_line, run, uid_error, user_name_error
 from activities.kinds.base import EVERYTHING, Measure, Removal, ResourceKind, ResourceRefused
+from activities.kinds.processes import end_processes, processes_of
 from bajas.config import STATE_DIR
 from bajas.models import ResourceContext, ResourceRef
 
 SHARED_ROOTS = ("/tmp", "/var/tmp", "/dev/shm")
 SEARCH_LIMIT = 200_000
 SHOWN = 5
-GRACE = 5.0
 ROUNDS = 3
 USER_BUSY = 8  # userdel: the user is logged in (has processes)
-
-
-def processes_of(uid: int) -> list[int]:
-    """Live processes whose real, effective, saved or filesystem uid is `uid` (zombies
-    run nothing and are left to their parent)."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = Path(entry.path, "status").read_text()
-        except OSError:
-            continue  # ended meanwhile
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if fields.get("State", "").strip().startswith("Z"):
-            continue
-        if str(uid) in fields.get("Uid", "").split():
-            found.append(int(entry.name))
-    return found
-
-
-def end_processes(uid: int) -> int:
-    """SIGTERM every process of the uid, SIGKILL what is left after GRACE; how many."""
-    ended: set[int] = set()
-    for sig, wait in ((signal.SIGTERM, GRACE), (signal.SIGKILL, GRACE)):
-        pids = processes_of(uid)
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-                ended.add(pid)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait
-        while pids and time.monotonic() < deadline:
-            time.sleep(0.05)
-            pids = processes_of(uid)
-        if not pids:
-            break
-    return len(ended)
 
 
 def owned_files(uid: int, roots: list[Path], skip: list[Path]) -> tuple[list[str], int, bool]:
@@ -136,7 +96,7 @@ class SystemUser(ResourceKind):
         uid = self._uids[resource.name] = account.pw_uid
         ended = 0
         for _ in range(ROUNDS):
-            ended += await asyncio.to_thread(end_processes, uid)
+            ended += await asyncio.to_thread(end_processes, partial(processes_of, uid))
             ran = await run(["userdel", resource.name])
             if ran.ok or _account(resource.name) is None:
                 break
