@@ -4,6 +4,8 @@ and by the server itself, its neighbours untouched, and the unsafe ones refused.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import pwd
 import subprocess
@@ -128,6 +130,20 @@ async def test_a_configuration_nginx_refuses_without_the_site_puts_it_back(nginx
     assert (nginx.available / "defines-upstream").stat().st_mode == mode
     assert os.readlink(nginx.enabled / "defines-upstream") == link
     assert nginx.serves(upstream_test="site defines-upstream\n")
+
+    # An attempt that ends between the removal and the test (the worker stopped, say):
+    # the next attempt finds the files set aside, and puts them back when nginx refuses.
+    stuck = {**nginx.env, "NGINX_TEST": "sleep 60"}
+    attempt = asyncio.create_task(delete(stuck, "nginx_site", "defines-upstream"))
+    await assert_eventually(
+        lambda: not (nginx.available / "defines-upstream").exists(), "the file set aside"
+    )
+    attempt.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await attempt
+    assert "put back" in await refused(nginx.env, "nginx_site", "defines-upstream")
+    assert (nginx.available / "defines-upstream").read_bytes() == before
+    assert os.readlink(nginx.enabled / "defines-upstream") == link
     for name in ("uses-upstream", "defines-upstream"):
         assert (await delete(nginx.env, "nginx_site", name)).verified
 

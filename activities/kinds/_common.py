@@ -89,4 +89,7 @@ async def run(words: list[str], stdin: bytes | None = None) -> Ran:
         process.kill()
         await process.wait()
         return Ran(124, f"{shlex.join(words)}: no answer after {COMMAND_TIMEOUT:.0f} s")
+    except asyncio.CancelledError:  # the attempt is over: leave no command behind
+        process.kill()
+        raise
     return Ran(process.returncode or 0, out.decode(errors="replace"))

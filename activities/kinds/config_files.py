@@ -1,61 +1,29 @@
 """Kinds whose resource is a server's configuration file (nginx sites, PHP-FPM pools):
 removed, the configuration tested and the server reloaded; a test or a reload that fails
 puts the removed files back exactly and stops the step with the error in one line, so a
-web server is never left unable to restart."""
+web server is never left unable to restart.
+
+"Removed" is first a move into a stash beside the configuration folders
+(`.bajas-removed/NAME/` in their parent, e.g. /etc/nginx/.bajas-removed, which no server
+includes): a rename keeps the file as it was (content, owner, mode, times, link target),
+and a worker that crashes between the removal and the reload finds it there on the next
+attempt, to put back if the test fails then. The stash goes once the reload passed."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import shlex
-import stat
+import shutil
 from abc import abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from activities.kinds._common import file_name_error, one_line, run
 from activities.kinds.base import Measure, Removal, ResourceKind, ResourceRefused
 from bajas.models import ResourceContext, ResourceRef
 
-
-@dataclass(frozen=True)
-class _Removed:
-    """One removed file as it was, enough to put it back: a link's target, or a file's
-    bytes, mode, owner and times."""
-
-    path: Path
-    link: str | None
-    content: bytes
-    mode: int
-    uid: int
-    gid: int
-    times: tuple[int, int]
-
-    @classmethod
-    def take(cls, path: Path) -> _Removed:
-        info = path.lstat()
-        link = os.readlink(path) if stat.S_ISLNK(info.st_mode) else None
-        content = b"" if link is not None else path.read_bytes()
-        return cls(
-            path,
-            link,
-            content,
-            stat.S_IMODE(info.st_mode),
-            info.st_uid,
-            info.st_gid,
-            (info.st_atime_ns, info.st_mtime_ns),
-        )
-
-    def put_back(self) -> None:
-        if self.link is not None:
-            os.symlink(self.link, self.path)
-        else:
-            self.path.write_bytes(self.content)
-            os.chmod(self.path, self.mode)
-        os.chown(self.path, self.uid, self.gid, follow_symlinks=False)
-        if self.link is None:
-            os.utime(self.path, ns=self.times)
+STASH = ".bajas-removed"
 
 
 class ReloadedConfigKind(ResourceKind):
@@ -83,11 +51,14 @@ class ReloadedConfigKind(ResourceKind):
     def name_error(self, name: str) -> str | None:
         return file_name_error(name)
 
+    def _stashed(self, name: str) -> list[tuple[Path, Path]]:
+        """Each place with where its file waits while the server is tested and reloaded."""
+        places = self.places(name)
+        stash = places[0].parent.parent / STASH / self.kind / name
+        return [(place, stash / str(n)) for n, place in enumerate(places)]
+
     async def inventory(self, resource: ResourceRef, context: ResourceContext) -> Measure:
-        present = [p for p in self.places(resource.name) if p.is_file() and not p.is_symlink()]
-        if not present:
-            return Measure()
-        return Measure(bytes=sum(p.stat().st_size for p in present), items=len(present))
+        return _measure(self.places(resource.name))
 
     async def preflight(self, resource: ResourceRef, context: ResourceContext) -> None:
         self.reload_command()
@@ -96,21 +67,23 @@ class ReloadedConfigKind(ResourceKind):
     async def delete(self, resource: ResourceRef, context: ResourceContext) -> Removal:
         test, reload = self.test_command(), self.reload_command()
         self._reloaded.discard(resource.name)
-        removed = await asyncio.to_thread(self._remove, resource.name)
+        pairs = self._stashed(resource.name)
+        await asyncio.to_thread(_stash, pairs)
+        measure = _measure([kept for _, kept in pairs])
         for words, what in ((test, "refuses the configuration"), (reload, "failed")):
             if words is None:
                 continue
             ran = await run(words)
             if not ran.ok:
-                await asyncio.to_thread(self._put_back, removed)
-                kept = "its files put back" if removed else "nothing was removed"
+                put_back = await asyncio.to_thread(_put_back, pairs)
+                kept = "its files put back" if put_back else "none of its files was left"
                 raise ResourceRefused(
                     f"{shlex.join(words)} {what} without {resource.name} ({kept}):"
                     f" {one_line(ran.output) or f'exit {ran.code}'}"
                 )
+        await asyncio.to_thread(shutil.rmtree, pairs[0][1].parent, ignore_errors=True)
         self._reloaded.add(resource.name)
-        size = sum(len(r.content) for r in removed if r.link is None)
-        return Removal(bytes=size if removed else None, items=len(removed) or None)
+        return Removal(bytes=measure.bytes, items=measure.items)
 
     async def verify(self, resource: ResourceRef, context: ResourceContext) -> str | None:
         left = [str(p) for p in self.places(resource.name) if os.path.lexists(p)]
@@ -120,16 +93,31 @@ class ReloadedConfigKind(ResourceKind):
             return f"{self.server_label} has not been reloaded since it was removed"
         return None
 
-    def _remove(self, name: str) -> list[_Removed]:
-        removed = []
-        for path in self.places(name):
-            if os.path.lexists(path):
-                removed.append(_Removed.take(path))
-                path.unlink()
-        return removed
 
-    @staticmethod
-    def _put_back(removed: list[_Removed]) -> None:
-        for item in removed:
-            if not os.path.lexists(item.path):
-                item.put_back()
+def _measure(paths: list[Path]) -> Measure:
+    """The bytes of the files among `paths` (links count as items, not bytes)."""
+    present = [p for p in paths if os.path.lexists(p)]
+    if not present:
+        return Measure()
+    size = sum(p.lstat().st_size for p in present if not p.is_symlink())
+    return Measure(bytes=size, items=len(present))
+
+
+def _stash(pairs: list[tuple[Path, Path]]) -> None:
+    for place, kept in pairs:
+        if os.path.lexists(place):
+            kept.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if os.path.lexists(kept):  # an older attempt's, the place made again since
+                kept.unlink()
+            shutil.move(place, kept)
+
+
+def _put_back(pairs: list[tuple[Path, Path]]) -> int:
+    """Move every stashed file back where it was; how many."""
+    moved = 0
+    for place, kept in pairs:
+        if os.path.lexists(kept) and not os.path.lexists(place):
+            shutil.move(kept, place)
+            moved += 1
+    shutil.rmtree(pairs[0][1].parent, ignore_errors=True)
+    return moved
