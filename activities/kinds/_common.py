@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import re
 import shlex
 from collections.abc import Mapping
@@ -35,6 +36,14 @@ def user_name_error(name: str) -> str | None:
     if name == "root":
         return "root is a system account"
     return None
+
+
+def account(name: str) -> pwd.struct_passwd | None:
+    """The system user of that name, None when there is none."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        return None
 
 
 def uid_error(uid: int) -> str | None:
@@ -77,6 +86,8 @@ async def run(words: list[str], stdin: bytes | None = None) -> Ran:
     try:
         process = await asyncio.create_subprocess_exec(
             *words,
+            # Messages in English whatever the worker's locale: some are matched.
+            env={**os.environ, "LC_ALL": "C"},
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pwd
 from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
-from activities.kinds._common import one_line, run, uid_error, user_name_error
+from activities.kinds._common import account, one_line, run, uid_error, user_name_error
 from activities.kinds.base import FILES, Measure, Removal, ResourceKind, ResourceRefused
 from activities.kinds.processes import cron_jobs_of, end_processes
 from bajas.models import ResourceContext, ResourceRef
@@ -94,7 +93,5 @@ class Cron(ResourceKind):
 
 
 def _uid(name: str) -> int | None:
-    try:
-        return pwd.getpwnam(name).pw_uid
-    except KeyError:
-        return None
+    user = account(name)
+    return user.pw_uid if user is not None else None

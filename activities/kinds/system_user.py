@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pwd
 from collections.abc import Iterator, Mapping
 from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
-from activities.kinds._common import one_line, run, uid_error, user_name_error
+from activities.kinds._common import account, one_line, run, uid_error, user_name_error
 from activities.kinds.base import EVERYTHING, Measure, Removal, ResourceKind, ResourceRefused
 from activities.kinds.processes import end_processes, processes_of
 from bajas.config import STATE_DIR
@@ -73,32 +72,32 @@ class SystemUser(ResourceKind):
         return user_name_error(name)
 
     async def inventory(self, resource: ResourceRef, context: ResourceContext) -> Measure:
-        account = _account(resource.name)
-        if account is None:
+        user = account(resource.name)
+        if user is None:
             return Measure()
-        return Measure(items=len(await asyncio.to_thread(processes_of, account.pw_uid)))
+        return Measure(items=len(await asyncio.to_thread(processes_of, user.pw_uid)))
 
     async def preflight(self, resource: ResourceRef, context: ResourceContext) -> None:
-        account = _account(resource.name)
-        if account is None:
+        user = account(resource.name)
+        if user is None:
             return
-        problem = uid_error(account.pw_uid)
+        problem = uid_error(user.pw_uid)
         if problem is not None:
             raise ResourceRefused(problem)
-        home, root = Path(account.pw_dir).resolve(), self._hosting_root()
+        home, root = Path(user.pw_dir).resolve(), self._hosting_root()
         if root not in home.parents:
-            raise ResourceRefused(f"its home {account.pw_dir} is not under HOSTING_ROOT ({root})")
+            raise ResourceRefused(f"its home {user.pw_dir} is not under HOSTING_ROOT ({root})")
 
     async def delete(self, resource: ResourceRef, context: ResourceContext) -> Removal:
-        account = _account(resource.name)
-        if account is None:
-            return Removal(detail=None)
-        uid = self._uids[resource.name] = account.pw_uid
+        user = account(resource.name)
+        if user is None:
+            return Removal()
+        uid = self._uids[resource.name] = user.pw_uid
         ended = 0
         for _ in range(ROUNDS):
             ended += await asyncio.to_thread(end_processes, partial(processes_of, uid))
             ran = await run(["userdel", resource.name])
-            if ran.ok or _account(resource.name) is None:
+            if ran.ok or account(resource.name) is None:
                 break
             if ran.code != USER_BUSY:
                 raise ResourceRefused(f"userdel {resource.name} failed: {one_line(ran.output)}")
@@ -108,18 +107,11 @@ class SystemUser(ResourceKind):
         return Removal(items=ended, detail=_owned_note(uid, shown, count, stopped, roots))
 
     async def verify(self, resource: ResourceRef, context: ResourceContext) -> str | None:
-        if _account(resource.name) is not None:
+        if account(resource.name) is not None:
             return "the user still exists"
         uid = self._uids.get(resource.name)
         left = await asyncio.to_thread(processes_of, uid) if uid is not None else []
         return f"{len(left)} processes of uid {uid} still running" if left else None
-
-
-def _account(name: str) -> pwd.struct_passwd | None:
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        return None
 
 
 def _owned_note(
