@@ -38,7 +38,7 @@ from bajas.models import (
 )
 from bajas.texts import stops_at_once
 from tests.footprint_servers import Nginx, PhpFpm, PowerDns, Users, nginx, php_fpm, powerdns, users
-from tests.helpers import assert_eventually, new_id
+from tests.helpers import assert_eventually, free_port, new_id
 
 __all__ = ["nginx", "php_fpm", "powerdns", "users"]  # the session fixtures used below
 
@@ -349,3 +349,44 @@ def test_the_customer_is_told_only_what_stops_for_the_kinds_present(
     kinds: list[str], expected: str | None
 ) -> None:
     assert stops_at_once(kinds) == expected
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [
+        ("nginx_site", "../../etc/passwd"),
+        ("nginx_site", ".hidden"),
+        ("php_fpm_pool", "pools/other.conf"),
+        ("tls_certificate", ".."),
+        ("dns_zone", "com."),
+        ("dns_zone", "example.com"),
+        ("dns_zone", "Example.com."),
+        ("cron", "root"),
+        ("cron", "a user"),
+        ("system_user", "Root"),
+    ],
+)
+async def test_names_a_kind_does_not_accept_are_refused_before_anything(
+    kind: str, name: str, tmp_path: Path
+) -> None:
+    env = {"PHP_FPM_POOL_DIR": str(tmp_path), "PHP_FPM_RELOAD": "false"}
+    env |= {"PDNS_API_URL": "http://127.0.0.1:9", "PDNS_API_KEY": "k"}
+    assert name in await refused(env, kind, name)
+
+
+def test_the_kinds_are_installed_in_a_safe_order() -> None:
+    kinds = load_kinds({})
+    assert {"nginx_site", "php_fpm_pool", "cron", "dns_zone", "tls_certificate"} <= set(kinds)
+    assert {"files", "mailboxes"} <= kinds["nginx_site"].before
+    assert "files" in kinds["php_fpm_pool"].before and "files" in kinds["cron"].before
+    assert "nginx_site" in kinds["dns_zone"].after
+    assert "nginx_site" in kinds["tls_certificate"].after
+    assert kinds["system_user"].after == {"*"}
+
+
+async def test_a_powerdns_that_does_not_answer_fails_the_attempt_to_be_tried_again() -> None:
+    env = {"PDNS_API_URL": f"http://127.0.0.1:{free_port()}", "PDNS_API_KEY": "k"}
+    with pytest.raises(ApplicationError) as caught:
+        await delete(env, "dns_zone", "customer.test.")
+    assert caught.value.type == "ServerUnavailable" and not caught.value.non_retryable
+    assert "PowerDNS API" in caught.value.message
