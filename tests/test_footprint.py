@@ -369,9 +369,12 @@ def test_the_customer_is_told_only_what_stops_for_the_kinds_present(
 async def test_names_a_kind_does_not_accept_are_refused_before_anything(
     kind: str, name: str, tmp_path: Path
 ) -> None:
-    env = {"PHP_FPM_POOL_DIR": str(tmp_path), "PHP_FPM_RELOAD": "false"}
+    env = {"PHP_FPM_RELOAD": "true", "NGINX_TEST": "true", "NGINX_RELOAD": "true"}
     env |= {"PDNS_API_URL": "http://127.0.0.1:9", "PDNS_API_KEY": "k"}
-    assert name in await refused(env, kind, name)
+    folders = ("NGINX_SITES_AVAILABLE", "NGINX_SITES_ENABLED", "PHP_FPM_POOL_DIR")
+    env |= {s: str(tmp_path) for s in (*folders, "LETSENCRYPT_DIR", "HOSTING_ROOT")}
+    message = await refused(env, kind, name)
+    assert name in message and "not a folder" not in message
 
 
 def test_the_kinds_are_installed_in_a_safe_order() -> None:
@@ -382,6 +385,27 @@ def test_the_kinds_are_installed_in_a_safe_order() -> None:
     assert "nginx_site" in kinds["dns_zone"].after
     assert "nginx_site" in kinds["tls_certificate"].after
     assert kinds["system_user"].after == {"*"}
+
+
+# Each folder setting and the kind that reads it.
+FOLDER_SETTINGS = {
+    "NGINX_SITES_AVAILABLE": "nginx_site",
+    "NGINX_SITES_ENABLED": "nginx_site",
+    "PHP_FPM_POOL_DIR": "php_fpm_pool",
+    "LETSENCRYPT_DIR": "tls_certificate",
+    "HOSTING_ROOT": "system_user",
+}
+
+
+@pytest.mark.parametrize("setting", FOLDER_SETTINGS)
+async def test_a_folder_setting_naming_no_folder_refuses_instead_of_finding_nothing(
+    setting: str, tmp_path: Path
+) -> None:
+    env = {"PHP_FPM_RELOAD": "true", "NGINX_TEST": "true", "NGINX_RELOAD": "true"}
+    env |= {s: str(tmp_path) for s in ("NGINX_SITES_AVAILABLE", "NGINX_SITES_ENABLED")}
+    env[setting] = str(tmp_path / "missing")
+    message = await refused(env, FOLDER_SETTINGS[setting], "shop")
+    assert setting in message and "not a folder" in message
 
 
 async def test_a_powerdns_that_does_not_answer_fails_the_attempt_to_be_tried_again() -> None:

@@ -8,8 +8,10 @@ import os
 import pwd
 import re
 import shlex
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from activities.kinds.base import NotConfigured
 
@@ -70,6 +72,17 @@ class Ran:
     @property
     def ok(self) -> bool:
         return self.code == 0
+
+
+def folder_error(setting: str, folder: Path) -> str | None:
+    """A folder setting that names no folder would make every resource look gone."""
+    return None if folder.is_dir() else f"{setting} ({folder}) is not a folder on this server"
+
+
+def program_error(setting: str, words: list[str]) -> str | None:
+    if shutil.which(words[0]) is None:
+        return f"{setting}: {words[0]} is not installed on this server"
+    return None
 
 
 def command_setting(env: Mapping[str, str], setting: str, default: str | None) -> list[str]:

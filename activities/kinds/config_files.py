@@ -19,8 +19,8 @@ from abc import abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 
-from activities.kinds._common import file_name_error, one_line, run
-from activities.kinds.base import Measure, Removal, ResourceKind, ResourceRefused
+from activities.kinds._common import file_name_error, folder_error, one_line, program_error, run
+from activities.kinds.base import Measure, NotConfigured, Removal, ResourceKind, ResourceRefused
 from bajas.models import ResourceContext, ResourceRef
 
 STASH = ".bajas-removed"
@@ -37,16 +37,30 @@ class ReloadedConfigKind(ResourceKind):
         self._reloaded: set[str] = set()
 
     @abstractmethod
+    def folders(self) -> dict[str, Path]:
+        """Each folder setting and the folder it names; a file per folder."""
+
+    @abstractmethod
+    def commands(self) -> dict[str, list[str] | None]:
+        """The test (None when not configured) and the reload, by setting; in order."""
+
     def places(self, name: str) -> list[Path]:
-        """Where the resource's files live (a folder per setting)."""
+        return [folder / name for folder in self.folders().values()]
 
-    @abstractmethod
-    def test_command(self) -> list[str] | None:
-        """The configuration test, or None when the kind has none configured."""
-
-    @abstractmethod
-    def reload_command(self) -> list[str]:
-        """The reload; NotConfigured when it cannot be had."""
+    def configuration_error(self) -> str | None:
+        try:
+            commands = self.commands()
+        except NotConfigured as err:
+            return str(err)
+        for setting, folder in self.folders().items():
+            problem = folder_error(setting, folder)
+            if problem is not None:
+                return problem
+        for setting, words in commands.items():
+            problem = program_error(setting, words) if words is not None else None
+            if problem is not None:
+                return problem
+        return None
 
     def name_error(self, name: str) -> str | None:
         return file_name_error(name)
@@ -61,16 +75,17 @@ class ReloadedConfigKind(ResourceKind):
         return _measure(self.places(resource.name))
 
     async def preflight(self, resource: ResourceRef, context: ResourceContext) -> None:
-        self.reload_command()
-        self.test_command()
+        problem = self.configuration_error()
+        if problem is not None:
+            raise NotConfigured(problem)
 
     async def delete(self, resource: ResourceRef, context: ResourceContext) -> Removal:
-        test, reload = self.test_command(), self.reload_command()
+        commands = self.commands()
         self._reloaded.discard(resource.name)
         pairs = self._stashed(resource.name)
         await asyncio.to_thread(_stash, pairs)
         measure = _measure([kept for _, kept in pairs])
-        for words, what in ((test, "refuses the configuration"), (reload, "failed")):
+        for words in commands.values():
             if words is None:
                 continue
             ran = await run(words)
@@ -78,7 +93,7 @@ class ReloadedConfigKind(ResourceKind):
                 put_back = await asyncio.to_thread(_put_back, pairs)
                 kept = "its files put back" if put_back else "none of its files was left"
                 raise ResourceRefused(
-                    f"{shlex.join(words)} {what} without {resource.name} ({kept}):"
+                    f"{shlex.join(words)} failed without {resource.name} ({kept}):"
                     f" {one_line(ran.output) or f'exit {ran.code}'}"
                 )
         await asyncio.to_thread(shutil.rmtree, pairs[0][1].parent, ignore_errors=True)

@@ -13,7 +13,14 @@ from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
-from activities.kinds._common import account, one_line, run, uid_error, user_name_error
+from activities.kinds._common import (
+    account,
+    one_line,
+    program_error,
+    run,
+    uid_error,
+    user_name_error,
+)
 from activities.kinds.base import FILES, Measure, Removal, ResourceKind, ResourceRefused
 from activities.kinds.processes import cron_jobs_of, end_processes
 from bajas.models import ResourceContext, ResourceRef
@@ -25,6 +32,9 @@ class Cron(ResourceKind):
     kind = "cron"
     settings: ClassVar[tuple[str, ...]] = ("CRON_SPOOL_DIR",)
     before = frozenset({FILES})
+
+    def configuration_error(self) -> str | None:
+        return program_error("crontab", ["crontab"])
 
     def name_error(self, name: str) -> str | None:
         return user_name_error(name)

@@ -23,13 +23,18 @@ class NginxSite(ReloadedConfigKind):
     before = frozenset({FILES, MAILBOXES})
     server_label = "nginx"
 
-    def places(self, name: str) -> list[Path]:
-        available = self.env.get("NGINX_SITES_AVAILABLE") or "/etc/nginx/sites-available"
-        enabled = self.env.get("NGINX_SITES_ENABLED") or "/etc/nginx/sites-enabled"
-        return [Path(available) / name, Path(enabled) / name]
+    def folders(self) -> dict[str, Path]:
+        return {
+            "NGINX_SITES_AVAILABLE": Path(
+                self.env.get("NGINX_SITES_AVAILABLE") or "/etc/nginx/sites-available"
+            ),
+            "NGINX_SITES_ENABLED": Path(
+                self.env.get("NGINX_SITES_ENABLED") or "/etc/nginx/sites-enabled"
+            ),
+        }
 
-    def test_command(self) -> list[str]:
-        return command_setting(self.env, "NGINX_TEST", "nginx -t")
-
-    def reload_command(self) -> list[str]:
-        return command_setting(self.env, "NGINX_RELOAD", "nginx -s reload")
+    def commands(self) -> dict[str, list[str] | None]:
+        return {
+            "NGINX_TEST": command_setting(self.env, "NGINX_TEST", "nginx -t"),
+            "NGINX_RELOAD": command_setting(self.env, "NGINX_RELOAD", "nginx -s reload"),
+        }

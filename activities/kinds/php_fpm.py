@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from activities.kinds._common import command_setting
-from activities.kinds.base import FILES
+from activities.kinds.base import FILES, NotConfigured
 from activities.kinds.config_files import ReloadedConfigKind
 from activities.kinds.nginx import NginxSite
 
@@ -24,21 +24,14 @@ class PhpFpmPool(ReloadedConfigKind):
     after = frozenset({NginxSite.kind})
     server_label = "PHP-FPM"
 
-    def configuration_error(self) -> str | None:
-        for setting in ("PHP_FPM_POOL_DIR", "PHP_FPM_RELOAD"):
-            if not self.env.get(setting, "").strip():
-                return f"{setting} is not set"
-        return None
+    def folders(self) -> dict[str, Path]:
+        return {"PHP_FPM_POOL_DIR": Path(self.env.get("PHP_FPM_POOL_DIR") or "")}
 
-    def places(self, name: str) -> list[Path]:
-        return [Path(self.env["PHP_FPM_POOL_DIR"]) / name]
-
-    def test_command(self) -> list[str] | None:
-        return (
-            command_setting(self.env, "PHP_FPM_TEST", None)
-            if self.env.get("PHP_FPM_TEST")
-            else None
-        )
-
-    def reload_command(self) -> list[str]:
-        return command_setting(self.env, "PHP_FPM_RELOAD", None)
+    def commands(self) -> dict[str, list[str] | None]:
+        if not self.env.get("PHP_FPM_POOL_DIR", "").strip():
+            raise NotConfigured("PHP_FPM_POOL_DIR is not set")
+        test = self.env.get("PHP_FPM_TEST")
+        return {
+            "PHP_FPM_TEST": command_setting(self.env, "PHP_FPM_TEST", None) if test else None,
+            "PHP_FPM_RELOAD": command_setting(self.env, "PHP_FPM_RELOAD", None),
+        }

@@ -15,7 +15,15 @@ from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
-from activities.kinds._common import account, one_line, run, uid_error, user_name_error
+from activities.kinds._common import (
+    account,
+    folder_error,
+    one_line,
+    program_error,
+    run,
+    uid_error,
+    user_name_error,
+)
 from activities.kinds.base import EVERYTHING, Measure, Removal, ResourceKind, ResourceRefused
 from activities.kinds.processes import end_processes, processes_of
 from bajas.config import STATE_DIR
@@ -67,6 +75,11 @@ class SystemUser(ResourceKind):
 
     def _hosting_root(self) -> Path:
         return Path(self.env.get("HOSTING_ROOT") or STATE_DIR / "www").resolve()
+
+    def configuration_error(self) -> str | None:
+        return folder_error("HOSTING_ROOT", self._hosting_root()) or program_error(
+            "userdel", ["userdel"]
+        )
 
     def name_error(self, name: str) -> str | None:
         return user_name_error(name)

@@ -14,7 +14,7 @@ from typing import ClassVar
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from activities.kinds._common import file_name_error
+from activities.kinds._common import file_name_error, folder_error
 from activities.kinds.base import Measure, Removal, ResourceKind, ResourceRefused
 from activities.kinds.nginx import NginxSite
 from bajas.models import ResourceContext, ResourceRef
@@ -45,6 +45,9 @@ class TlsCertificate(ResourceKind):
     settings: ClassVar[tuple[str, ...]] = ("LETSENCRYPT_DIR",)
     # nginx refuses a configuration whose certificate files are missing: the site first.
     after = frozenset({NginxSite.kind})
+
+    def configuration_error(self) -> str | None:
+        return folder_error("LETSENCRYPT_DIR", self._root())
 
     def name_error(self, name: str) -> str | None:
         return file_name_error(name)
