@@ -292,7 +292,12 @@ async def run_dev(options: DevOptions) -> None:
             await _wait_until(lambda: _http_ok(f"{codec_url}/"), "codec server")
         parts.callback(console.print, "stopping…")
         _print_addresses(options, base, codec_url, settings)
-        console.print(f"  {'Server footprint:':<19} {footprint_line(footprint)}", markup=False)
+        console.print(
+            f"  {'Server footprint:':<19} {footprint_line(footprint)}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         await _until_stopped(stop, watched)
 
 
