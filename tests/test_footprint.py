@@ -9,6 +9,7 @@ import contextlib
 import os
 import pwd
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -154,10 +155,11 @@ async def test_php_fpm_pool_is_removed_and_php_fpm_reloaded(php_fpm: PhpFpm) -> 
 
     result = await delete(php_fpm.env, "php_fpm_pool", "gonepool.conf")
 
-    assert result.verified
+    assert result.verified and not (php_fpm.pools / "gonepool.conf").exists()
     await assert_eventually(
         lambda: php_fpm.pools_running() == {"neighbour"}, "only the neighbour's pool running"
     )
+    assert (await delete(php_fpm.env, "php_fpm_pool", "gonepool.conf")).verified
     env = {k: v for k, v in php_fpm.env.items() if k != "PHP_FPM_POOL_DIR"}
     assert "PHP_FPM_POOL_DIR is not set" in await refused(env, "php_fpm_pool", "x.conf")
 
@@ -300,17 +302,27 @@ async def test_a_user_with_a_running_process_is_ended_and_removed(users: Users) 
     uid = pwd.getpwnam(name).pw_uid
     users.run_as(name, "sleep", "600")
     await assert_eventually(lambda: processes_of(uid), "the user's process")
+    # What it owns outside the service's folders: its home (kept by userdel) and a file
+    # in /tmp; the document root (already emptied by the files step) is not searched.
+    owned = 1 + len(list(home.rglob("*"))) + 1  # the home, what useradd put in it, the file
+    (home / "www").mkdir()
+    (home / "www" / "index.html").touch()
+    left_in_tmp = Path(tempfile.mkstemp(prefix="bajas-left-")[1])
+    os.chown(left_in_tmp, uid, -1)
 
-    result = await delete(env, "system_user", name, context(document_root=str(home / "www")))
+    try:
+        result = await delete(env, "system_user", name, context(document_root=str(home / "www")))
+    finally:
+        kept = left_in_tmp.exists()
+        left_in_tmp.unlink()
 
     assert result.verified
     with pytest.raises(KeyError):
         pwd.getpwnam(name)
     assert processes_of(uid) == []
-    # Its home stays (userdel without -r) and is reported, never deleted.
-    assert home.is_dir()
+    assert home.is_dir() and kept
     detail = result.resources[0].detail or ""
-    assert f"uid {uid}" in detail and str(home) in detail
+    assert f"{owned} files of uid {uid} left in place" in detail and str(home) in detail
     assert (await delete(env, "system_user", name)).verified
 
 

@@ -2,7 +2,8 @@
 processes are ended (SIGTERM, then SIGKILL), then `userdel` removes the account (not
 its files: the files step deleted what the service owned). Files it still owns outside
 the service's folders are reported in the step's detail and the receipt, never deleted:
-the search covers HOSTING_ROOT, /tmp, /var/tmp and /dev/shm, up to SEARCH_LIMIT entries.
+the search covers its home (under HOSTING_ROOT, kept by `userdel`), /tmp, /var/tmp and
+/dev/shm, up to SEARCH_LIMIT entries: the rest of HOSTING_ROOT is other customers'.
 
 The uid is never to be handed out again: docs/FOOTPRINT.md says how operators keep it so."""
 
@@ -39,7 +40,8 @@ USER_BUSY = 8  # userdel: the user is logged in (has processes)
 def owned_files(uid: int, roots: list[Path], skip: list[Path]) -> tuple[list[str], int, bool]:
     """Paths under `roots` owned by `uid`, not under `skip`: (first SHOWN, count, whether
     the search stopped at SEARCH_LIMIT). Symbolic links are not followed."""
-    skipped = {str(p) for p in skip}
+    # A root inside another (a home under /tmp) is searched once, as itself.
+    skipped = {str(p) for p in [*skip, *roots]}
 
     def paths() -> Iterator[str]:
         for root in roots:
@@ -115,7 +117,7 @@ class SystemUser(ResourceKind):
             if ran.code != USER_BUSY:
                 raise ResourceRefused(f"userdel {resource.name} failed: {one_line(ran.output)}")
         skip = [Path(p).resolve() for p in [context.document_root, *context.maildirs] if p]
-        roots = [r for r in [self._hosting_root(), *map(Path, SHARED_ROOTS)] if r.is_dir()]
+        roots = [r for r in [Path(user.pw_dir), *map(Path, SHARED_ROOTS)] if r.is_dir()]
         shown, count, stopped = await asyncio.to_thread(owned_files, uid, roots, skip)
         return Removal(items=ended, detail=_owned_note(uid, shown, count, stopped, roots))
 
