@@ -370,6 +370,7 @@ def test_the_customer_is_told_only_what_stops_for_the_kinds_present(
         ("nginx_site", ".hidden"),
         ("php_fpm_pool", "pools/other.conf"),
         ("tls_certificate", ".."),
+        ("tls_certificate", "README"),
         ("dns_zone", "com."),
         ("dns_zone", "example.com"),
         ("dns_zone", "Example.com."),

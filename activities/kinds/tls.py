@@ -50,6 +50,8 @@ class TlsCertificate(ResourceKind):
         return folder_error("LETSENCRYPT_DIR", self._root())
 
     def name_error(self, name: str) -> str | None:
+        if name == "README":  # certbot's own file in live/
+            return "README is certbot's, not a certificate"
         return file_name_error(name)
 
     def _root(self) -> Path:
