@@ -152,6 +152,26 @@ def _known_size(sizes: Iterable[int | None]) -> str:
     return f" ({byte_size(sum(known))})" if known else ""
 
 
+# What stops at once when the deletion starts, by the resource kind that stops it
+# (contract section 9), in the order the sentence says it.
+STOPS_AT_ONCE: tuple[tuple[str, str], ...] = (
+    ("nginx_site", "el sitio deja de responder"),
+    ("dns_zone", "el dominio deja de resolverse en nuestros servidores"),
+    ("cron", "las tareas programadas se detienen"),
+)
+
+
+def stops_at_once(kinds: Iterable[str]) -> str | None:
+    """For the preview and the code mail: "Apenas empieza la eliminación, el sitio deja
+    de responder, …", only the parts the service's resource kinds bring; None without."""
+    present = set(kinds)
+    parts = [text for kind, text in STOPS_AT_ONCE if kind in present]
+    if not parts:
+        return None
+    listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} y {parts[-1]}"
+    return f"Apenas empieza la eliminación, {listed}."
+
+
 COUNTING = "contando…"
 
 

@@ -43,6 +43,7 @@ from bajas.config import (
 from bajas.db import create_pool, migrate
 from bajas.dev.binaries import find_binary
 from bajas.dev.demo import DEMO_PASSWORD, load_demo
+from bajas.dev.footprint import footprint_line, footprint_servers, load_footprint
 from bajas.dev.mailsink import MailSink, start_sink
 from bajas.dev.resources import demo_resources
 from bajas.temporal_client import payload_codec
@@ -266,6 +267,9 @@ async def run_dev(options: DevOptions) -> None:
                 url = await parts.enter_async_context(embedded_postgres_server(state))
                 settings = settings.model_copy(update={"database_url": url})
             parts.callback(start_sink(sink, host=options.host, port=options.smtp_port).stop)
+            # nginx, PHP-FPM and PowerDNS where installed; the worker's kinds read their settings.
+            footprint = await parts.enter_async_context(footprint_servers(state))
+            os.environ.update(footprint.env)
             settings.hosting_root.mkdir(parents=True, exist_ok=True)
             settings.mail_root.mkdir(parents=True, exist_ok=True)
             pool = await create_pool(settings.require_database_url())
@@ -273,6 +277,7 @@ async def run_dev(options: DevOptions) -> None:
             async with pool.acquire() as conn:
                 await migrate(conn)
                 await load_demo(conn, settings.hosting_root, settings.mail_root)
+                await load_footprint(conn, footprint, settings.hosting_root)
             # databases, backups and (with mariadbd installed) MariaDB: bajas/dev/resources.py
             settings = await parts.enter_async_context(
                 demo_resources(state, settings, pool, embedded_pg)
@@ -300,6 +305,12 @@ async def run_dev(options: DevOptions) -> None:
             await _wait_until(lambda: _http_ok(f"{codec_url}/"), "codec server")
         parts.callback(console.print, "stopping…")
         _print_addresses(options, base, codec_url, settings)
+        console.print(
+            f"  {'Server footprint:':<19} {footprint_line(footprint)}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         await _until_stopped(stop, watched)
 
 
