@@ -88,7 +88,7 @@ def activities_for(settings: Settings, pool: asyncpg.Pool) -> Sequence[Any]:
         archive_deadline=settings.archive_deadline,
         limits=limits,
     )
-    codes = CodeActivities(pool, settings.hmac_key(), mailer, settings.business_tz, limits)
+    codes = CodeActivities(pool, settings.hmac_keys(), mailer, settings.business_tz, limits)
     return [
         panel.check_service,
         panel.record_transition,
@@ -153,7 +153,7 @@ def check_settings(settings: Settings, node: str | None = None) -> None:
     handles no codes."""
     settings.require_database_url()
     if node is None:
-        settings.hmac_key()
+        settings.hmac_keys()
     data_converter(settings)  # PAYLOAD_KEYS, when set, must parse
 
 
