@@ -196,6 +196,29 @@ async def _serve(asgi: Any, host: str, port: int) -> None:
 # ---- operator commands ------------------------------------------------------------------
 
 
+@app.command()
+def check(
+    node: Annotated[
+        str | None,
+        typer.Option(
+            "--node", help="check hosting server NAME's worker configuration (run it there)"
+        ),
+    ] = None,
+) -> None:
+    """Check a deploy: Temporal, PostgreSQL, SMTP, the secrets, the resource kinds' settings;
+    one line each, exit 1 when one fails."""
+    from starter.check import Outcome, run_check
+
+    settings = _settings()
+
+    def echo(line: object) -> None:
+        sys.stdout.write(f"{line}\n")
+        sys.stdout.flush()
+
+    lines = _run(lambda: run_check(settings, node=node, echo=echo))
+    _leave(1 if any(line.outcome is Outcome.FAIL for line in lines) else 0)
+
+
 NOT_THE_CUSTOMERS = "not the customer's service"
 
 
