@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 
 from activities.archive import ArchiveActivities
 from activities.billing import BillingActivities
@@ -28,9 +28,11 @@ from activities.mail import Mailer, NoticeActivities, SmtpSettings
 from activities.mailboxes import MailboxActivities
 from activities.panel_db import PanelDbActivities
 from activities.safety import PanelPaths, PreflightActivities
+from bajas import tracing
 from bajas.config import ConfigError, Settings, settings_from_env
 from bajas.db import create_pool
 from bajas.limits import Limits
+from bajas.metrics import ActivityMetrics, BajasMetrics
 from bajas.observability import ActivityLogging, setup_logging
 from bajas.temporal_client import connect, data_converter
 from workflows.cancellation import ServiceCancellation
@@ -110,10 +112,18 @@ def activities_for(settings: Settings, pool: asyncpg.Pool) -> Sequence[Any]:
 
 
 def build_worker(
-    client: Client, settings: Settings, pool: asyncpg.Pool, node: str | None = None
+    client: Client,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    node: str | None = None,
+    metrics: BajasMetrics | None = None,
 ) -> Worker:
     """The central worker (workflow, billing, mail and the node steps of services without
-    a server), or with `node` the worker of one hosting server: only its node steps."""
+    a server), or with `node` the worker of one hosting server: only its node steps.
+    `metrics`: where bajas's own metrics are counted (bajas.metrics), if anywhere."""
+    interceptors: list[Interceptor] = [ActivityLogging()]
+    if metrics is not None:
+        interceptors.append(ActivityMetrics(metrics))
     if node is not None:
         return Worker(
             client,
@@ -122,7 +132,7 @@ def build_worker(
             max_concurrent_activities=settings.max_concurrent_activities,
             max_concurrent_activity_task_polls=settings.activity_task_pollers,
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
-            interceptors=[ActivityLogging()],
+            interceptors=interceptors,
         )
     return Worker(
         client,
@@ -135,7 +145,7 @@ def build_worker(
         max_concurrent_workflow_task_polls=settings.workflow_task_pollers,
         max_concurrent_activity_task_polls=settings.activity_task_pollers,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
-        interceptors=[ActivityLogging()],
+        interceptors=interceptors,
     )
 
 
@@ -162,17 +172,23 @@ async def run_worker(
 ) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT when none is given)."""
     check_settings(settings, node)
+    tracing.setup("bajas-worker" if node is None else "bajas-node-worker")
     runtime = install_metrics(settings.metrics_port)
     client = await (connect(settings, runtime=runtime) if runtime else connect(settings))
     pool = await create_pool(settings.require_database_url(), max_size=settings.db_pool_max)
+    metrics = BajasMetrics(runtime.metric_meter) if runtime else None
     stop = stop or _signal_event()
     try:
-        async with build_worker(client, settings, pool, node) as worker:
+        async with build_worker(client, settings, pool, node, metrics) as worker:
             log.info("worker polling task queue %s", worker.task_queue)
-            await stop.wait()
+            if metrics is None:
+                await stop.wait()
+            else:
+                await metrics.watch(client if node is None else None, stop)
             log.info("worker draining (up to %s)", GRACEFUL_SHUTDOWN)
     finally:
         await pool.close()
+        tracing.shutdown()
 
 
 def _signal_event() -> asyncio.Event:

@@ -16,6 +16,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.envconfig import ClientConfigProfile
 
+from bajas import tracing
 from bajas.codec import AesGcmCodec
 from bajas.config import ConfigError, Settings, Unreachable
 
@@ -54,14 +55,17 @@ def connect_config(**overrides: Any) -> dict[str, Any]:
 
 
 async def connect(settings: Settings | None = None, **overrides: Any) -> Client:
-    """A client with bajas' data converter; Unreachable names the address when it fails.
+    """A client with bajas' data converter (and, when tracing is on, Temporal's tracing
+    interceptor, which its workers inherit); Unreachable names the address when it fails.
 
     Without `settings` they are read from the environment.
     """
     converter = data_converter(settings or Settings())
     config = connect_config(**overrides)
     try:
-        return await Client.connect(**config, data_converter=converter)
+        return await Client.connect(
+            **config, data_converter=converter, interceptors=tracing.client_interceptors()
+        )
     except RuntimeError as err:  # the bridge reports every connect failure this way
         raise Unreachable(
             "Temporal", str(config["target_host"]), _address_variable(), _reason(err)
