@@ -68,7 +68,7 @@ async def connect(settings: Settings | None = None, **overrides: Any) -> Client:
         )
     except RuntimeError as err:  # the bridge reports every connect failure this way
         raise Unreachable(
-            "Temporal", str(config["target_host"]), _address_variable(), _reason(err)
+            "Temporal", str(config["target_host"]), _address_variable(), _reason(err, config)
         ) from None
 
 
@@ -78,15 +78,42 @@ def _address_variable() -> str:
     return f"TEMPORAL_ADDRESS, or the address of profile {os.environ['TEMPORAL_PROFILE']}"
 
 
-def _reason(err: BaseException) -> str | None:
-    """None for a plain refusal (the address says it all), else the cause in a few words."""
+CLIENT_CERT = "TEMPORAL_TLS_CLIENT_CERT_PATH and TEMPORAL_TLS_CLIENT_KEY_PATH"
+
+
+def _reason(err: BaseException, config: dict[str, Any]) -> str | None:
+    """None for a plain refusal (the address says it all), else the cause in a few words
+    and the setting that would fix it."""
     text = str(err)
+    tls = config.get("tls")
     if "Connection refused" in text or "ConnectionRefused" in text:
         return None
+    if "InvalidCertificate" in text:
+        if "NotValidForName" in text:
+            return (
+                "its TLS certificate names another host: set TEMPORAL_TLS_SERVER_NAME to"
+                " a name it carries"
+            )
+        return (
+            "its TLS certificate is not trusted: set TEMPORAL_TLS_SERVER_CA_CERT_PATH to"
+            " the CA that signed it"
+        )
+    closed = "connection closed" in text or "broken pipe" in text.lower()
+    if closed and tls:
+        # the server ended the connection right after the TLS handshake: its check of
+        # the client's certificate (mTLS) failed
+        if getattr(tls, "client_cert", None) is None and not config.get("api_key"):
+            return f"the server demands a client certificate: set {CLIENT_CERT}"
+        if getattr(tls, "client_cert", None) is not None:
+            return (
+                "the server refused the client certificate (TEMPORAL_TLS_CLIENT_CERT_PATH):"
+                " it is not signed by a CA the server trusts"
+            )
+    if closed and not tls:
+        return "no answer over plain gRPC: if the server expects TLS, set TEMPORAL_TLS=true"
     for marker, reason in (
         ("dns error", "unknown host"),
         ("timed out", "timed out"),
-        ("InvalidCertificate", "TLS certificate not accepted"),
         ("tls", "TLS handshake failed"),
         ("Unauthenticated", "not authenticated (TEMPORAL_API_KEY or client certificate)"),
         ("PermissionDenied", "permission denied"),
