@@ -108,6 +108,15 @@ async def test_a_complete_deploy_passes_every_check(
             return found
 
         found = await assert_eventually(all_pass, "every check passing")
+        # on the hosting server: its own queue, with no panel database at all
+        on_node = await run_check(settings.model_copy(update={"database_url": None}), "web-ok")
+    assert not lines_of(on_node, Outcome.FAIL), on_node
+    assert [line.what for line in on_node if line.outcome is Outcome.OK] == [
+        "Temporal",
+        "namespace",
+        "search attributes",
+        f"pollers of {settings.temporal_task_queue}-node-web-ok",
+    ]
     passed = "\n".join(lines_of(found, Outcome.OK))
     for what in (
         f"Temporal: reached at {temporal_address} (no TLS)",
