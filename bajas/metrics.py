@@ -110,17 +110,23 @@ class BajasMetrics:
         self.deleted_bytes.add(size, {"kind": kind})
         self.deleted_items.add(items, {"kind": kind})
 
+    async def refresh(self, client: Client | None) -> None:
+        """Forget stale failures; with a client (a central worker's), count the runs at
+        SLA risk in the namespace's visibility."""
+        self.refresh_failing()
+        if client is None:
+            return
+        try:
+            counted = await client.count_workflows(SLA_RISK_QUERY)
+        except Exception as err:  # the metric waits; the worker goes on
+            log.warning("cannot count the runs at SLA risk: %s", err)
+            return
+        self.runs_at_sla_risk.set(counted.count, {})
+
     async def watch(self, client: Client | None, stop: asyncio.Event) -> None:
-        """Until `stop`: every REFRESH, forget stale failures and (with a client, on a
-        central worker) count the runs at SLA risk."""
+        """`refresh` every REFRESH until `stop` is set."""
         while not stop.is_set():
-            self.refresh_failing()
-            if client is not None:
-                try:
-                    counted = await client.count_workflows(SLA_RISK_QUERY)
-                    self.runs_at_sla_risk.set(counted.count, {})
-                except Exception as err:  # the metric waits; the worker goes on
-                    log.warning("cannot count the runs at SLA risk: %s", err)
+            await self.refresh(client)
             try:
                 await asyncio.wait_for(stop.wait(), REFRESH.total_seconds())
             except TimeoutError:

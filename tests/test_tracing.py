@@ -12,6 +12,7 @@ import asyncio
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -28,10 +29,11 @@ from starter.api.app import create_app
 from starter.client import CancellationClient
 from tests.conftest import Stack
 from tests.conftest_api import wait_for_mails
-from tests.helpers import free_port
+from tests.helpers import assert_eventually, free_port
 from tests.helpers.mail import code_in
 from tests.test_api import base
 from worker import build_worker
+from workflows.search_attributes import workflow_id_for
 
 pytestmark = pytest.mark.integration
 
@@ -138,3 +140,34 @@ def test_a_failing_step_shows_until_its_next_attempt_starts() -> None:
     }
     scraped.metrics.step_started("service-cancellation-7", "delete_files")
     assert list(scraped.samples("bajas_steps_failing").values()) == [1]
+
+
+async def test_a_run_past_its_sla_is_counted_at_risk(stack: Stack) -> None:
+    """A service on a hosting server whose worker is down: its deletion cannot start,
+    and once SLA_LIMIT has passed the run counts as at risk."""
+    settings = stack.settings.model_copy(
+        update={
+            "temporal_task_queue": f"sla-{uuid.uuid4()}",
+            "sla_limit": timedelta(seconds=2),
+            "archive_deadline": timedelta(seconds=1),
+        }
+    )
+    svc = await stack.panel.service(files=1, mailboxes=0)
+    await stack.pool.execute(
+        "update services set server = $2 where id = $1", svc.service_id, f"down-{uuid.uuid4()}"
+    )
+    scraped = Scraped()
+    cancellations = CancellationClient(stack.client, settings.temporal_task_queue)
+    await scraped.metrics.refresh(stack.client)
+    before = sum(scraped.samples("bajas_runs_at_sla_risk").values())  # other tests' runs
+    async with build_worker(stack.client, settings, stack.pool, metrics=scraped.metrics):
+        await cancellations.request(svc.service_id, svc.customer_id)
+        (mail,) = await wait_for_mails(stack, svc.domain, 1)
+        assert (await cancellations.confirm(svc.service_id, code_in(mail))).accepted
+
+        async def at_risk() -> bool:
+            await scraped.metrics.refresh(stack.client)
+            return sum(scraped.samples("bajas_runs_at_sla_risk").values()) > before
+
+        await assert_eventually(at_risk, "the run counted at SLA risk")
+        await stack.client.get_workflow_handle(workflow_id_for(svc.service_id)).terminate()
