@@ -5,6 +5,8 @@
 -- tests/test_grants.py runs the worker and the API on these grants alone.
 
 grant usage on schema bajas to bajas_worker, bajas_api;
+-- `bajas check` tells whether the migrations are current, whichever role it runs as
+grant select on bajas.schema_migrations to bajas_worker, bajas_api;
 
 -- ---- bajas_worker: reads the panel, closes billing, marks what it deleted ----------
 -- Not the clave hashes: the worker reads who to mail, nothing else of a customer.

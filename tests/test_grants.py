@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from bajas.db import create_pool, migrate_url
 from bajas.models import State
 from starter.api.app import create_app
+from starter.check import Outcome, run_check
 from starter.client import CancellationClient
 from tests.conftest import Stack
 from tests.conftest_api import wait_for_mails
@@ -46,6 +47,7 @@ class Roles:
     owner: asyncpg.Pool
     worker: asyncpg.Pool
     api: asyncpg.Pool
+    urls: dict[str, str]
 
 
 def _as(url: str, role: str, database: str) -> str:
@@ -69,10 +71,12 @@ async def roles(pg_url: str) -> AsyncIterator[Roles]:
     conn = await asyncpg.connect(migrate)
     await conn.execute((REPO / "deploy" / "grants.sql").read_text())
     await conn.close()
+    urls = {role: _as(pg_url, f"bajas_{role}", database) for role in ("worker", "api")}
     found = Roles(
         owner=await create_pool(owner_url, max_size=5),
-        worker=await create_pool(_as(pg_url, "bajas_worker", database), max_size=5),
-        api=await create_pool(_as(pg_url, "bajas_api", database), max_size=5),
+        worker=await create_pool(urls["worker"], max_size=5),
+        api=await create_pool(urls["api"], max_size=5),
+        urls=urls,
     )
     yield found
     for pool in (found.owner, found.worker, found.api):
@@ -149,3 +153,13 @@ async def test_writes_and_reads_beyond_the_work_are_refused(
     pool: asyncpg.Pool = getattr(roles, role)
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await pool.execute(statement)
+
+
+@pytest.mark.parametrize("role", ["worker", "api"])
+async def test_bajas_check_reads_the_migrations_as_either_role(
+    stack: Stack, roles: Roles, role: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEMPORAL_ADDRESS", stack.client.service_client.config.target_host)
+    settings = stack.settings.model_copy(update={"database_url": roles.urls[role]})
+    found = {line.what: line for line in await run_check(settings, env={})}
+    assert found["migrations"].outcome is Outcome.OK, found["migrations"]
