@@ -5,14 +5,16 @@ TLS or API key, the namespace, the search attributes, a poller on every queue), 
 panel database and its migrations, SMTP, the secrets, and the settings of each resource
 kind the panel lists. A failed line names the server and the setting that would fix it.
 
-On a hosting server (`--node NAME`) only what that server's worker needs is checked.
+On a central machine `--role` says what it runs (worker, api, codec-server; all three
+when not given), so only their secrets are asked for; on a hosting server (`--node NAME`)
+only what that server's worker needs is checked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -42,6 +44,14 @@ _INDEXED = {
 }
 
 
+class Role(Enum):
+    """What a central machine runs; a hosting server is checked with `node` instead."""
+
+    WORKER = "worker"
+    API = "api"
+    CODEC_SERVER = "codec-server"
+
+
 class Outcome(Enum):
     OK = "ok"
     FAIL = "FAIL"
@@ -63,11 +73,16 @@ class Checks:
     """The checks of one process's configuration; `lines()` runs them one by one."""
 
     def __init__(
-        self, settings: Settings, env: Mapping[str, str] | None = None, node: str | None = None
+        self,
+        settings: Settings,
+        env: Mapping[str, str] | None = None,
+        node: str | None = None,
+        roles: Collection[Role] = tuple(Role),
     ) -> None:
         self.settings = settings
         self.env = os.environ if env is None else env
         self.node = node
+        self.roles = set() if node is not None else set(roles)
         self.client: Client | None = None
         self.conn: asyncpg.Connection | None = None
 
@@ -77,7 +92,7 @@ class Checks:
                 yield line
             async for line in self._database():
                 yield line
-            if self.node is None:
+            if Role.WORKER in self.roles:
                 yield await self._smtp()
             for line in self._secrets():
                 yield line
@@ -211,7 +226,7 @@ class Checks:
         from bajas.db import database_address, migration_files
 
         if not self.settings.database_url:
-            if self.node is None:
+            if self.roles & {Role.WORKER, Role.API}:
                 yield CheckLine(Outcome.FAIL, "PostgreSQL", "DATABASE_URL is not set")
             return
         address = database_address(self.settings.database_url)
@@ -257,17 +272,18 @@ class Checks:
     # ---- secrets -----------------------------------------------------------------------
 
     def _secrets(self) -> list[CheckLine]:
+        """The secrets of the roles checked: each set and strong."""
         s = self.settings
-        lines = [_secret("PAYLOAD_KEYS", lambda: _payload_keys(s))]
-        if self.node is not None:
-            return lines
-        lines += [
-            _secret("CODE_HMAC_KEY", lambda: _code_keys(s)),
-            _secret("PANEL_API_TOKEN", lambda: _strong(api_token(s))),
-            _secret("PANEL_SESSION_SECRET", lambda: _strong(session_secret(s))),
-        ]
-        if s.payload_keys_value() is not None:
-            # only an encrypted history needs the codec server to be read
+        codec = Role.CODEC_SERVER in self.roles
+        lines = [_secret("PAYLOAD_KEYS", lambda: _payload_keys(s, required=codec))]
+        if Role.WORKER in self.roles:
+            lines.append(_secret("CODE_HMAC_KEY", lambda: _code_keys(s)))
+        if Role.API in self.roles:
+            lines += [
+                _secret("PANEL_API_TOKEN", lambda: _strong(api_token(s))),
+                _secret("PANEL_SESSION_SECRET", lambda: _strong(session_secret(s))),
+            ]
+        if codec:
             lines.append(
                 _secret(
                     "CODEC_SERVER_TOKEN",
@@ -280,7 +296,7 @@ class Checks:
 
     async def _kinds(self) -> AsyncIterator[CheckLine]:
         """The kinds the panel lists on this machine's server (central: no server)."""
-        if self.conn is None:
+        if self.conn is None or (self.node is None and Role.WORKER not in self.roles):
             return
         here = "the central workers" if self.node is None else f"server {self.node}"
         rows = await self.conn.fetch(
@@ -305,10 +321,11 @@ async def run_check(
     node: str | None = None,
     env: Mapping[str, str] | None = None,
     echo: Callable[[CheckLine], None] | None = None,
+    roles: Collection[Role] = tuple(Role),
 ) -> list[CheckLine]:
     """Every check's line, each passed to `echo` as soon as it is known."""
     found = []
-    async for line in Checks(settings, env, node).lines():
+    async for line in Checks(settings, env, node, roles).lines():
         if echo is not None:
             echo(line)
         found.append(line)
@@ -341,11 +358,16 @@ def _code_keys(settings: Settings) -> str:
     return "set and strong" + (f" ({len(keys)} keys: rotation)" if len(keys) > 1 else "")
 
 
-def _payload_keys(settings: Settings) -> str:
+def _payload_keys(settings: Settings, *, required: bool) -> str:
     codec = payload_codec(settings)  # raises ConfigError naming PAYLOAD_KEYS
     if codec is None:
+        if required:
+            raise ConfigError(
+                "PAYLOAD_KEYS is not set: the codec server has nothing to decode with"
+            )
         return "not set: histories are stored in clear on the Temporal server"
-    return f"{len(codec.key_ids)} keys, new payloads under {codec.key_ids[0]!r}"
+    count = len(codec.key_ids)
+    return f"{count} key{'s' if count > 1 else ''}, new payloads under {codec.key_ids[0]!r}"
 
 
 def _credentials(config: Mapping[str, Any]) -> str:

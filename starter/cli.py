@@ -209,18 +209,33 @@ def check(
             "--node", help="check hosting server NAME's worker configuration (run it there)"
         ),
     ] = None,
+    role: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--role",
+            help="what this central machine runs: worker, api, codec-server (repeatable;"
+            " default: all three)",
+            metavar="ROLE",
+        ),
+    ] = None,
 ) -> None:
     """Check a deploy: Temporal, PostgreSQL, SMTP, the secrets, the resource kinds' settings;
     one line each, exit 1 when one fails."""
-    from starter.check import Outcome, run_check
+    from starter.check import Outcome, Role, run_check
 
+    try:
+        roles = [Role(r) for r in role] if role else list(Role)
+    except ValueError as err:
+        raise typer.BadParameter(
+            f"{err}: one of worker, api, codec-server", param_hint="--role"
+        ) from None
     settings = _settings()
 
     def echo(line: object) -> None:
         sys.stdout.write(f"{line}\n")
         sys.stdout.flush()
 
-    lines = _run(lambda: run_check(settings, node=node, echo=echo))
+    lines = _run(lambda: run_check(settings, node=node, echo=echo, roles=roles))
     _leave(1 if any(line.outcome is Outcome.FAIL for line in lines) else 0)
 
 

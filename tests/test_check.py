@@ -18,6 +18,7 @@ import pytest_asyncio
 from pydantic import SecretStr
 from temporalio.testing import WorkflowEnvironment
 
+from bajas.codec import new_payload_key
 from bajas.config import Settings
 from bajas.dev.binaries import find_binary
 from starter.check import CheckLine, Outcome, run_check
@@ -51,6 +52,8 @@ def deployed(stack: Stack, database_url: str) -> Settings:
             "database_url": database_url,
             "panel_api_token": SecretStr(secrets.token_urlsafe(32)),
             "panel_session_secret": SecretStr(secrets.token_urlsafe(32)),
+            "payload_keys": SecretStr(new_payload_key("2026-01")),
+            "codec_server_token": SecretStr(secrets.token_urlsafe(32)),
         }
     )
 
@@ -116,6 +119,7 @@ async def test_a_complete_deploy_passes_every_check(
         "namespace",
         "search attributes",
         f"pollers of {settings.temporal_task_queue}-node-web-ok",
+        "PAYLOAD_KEYS",
     ]
     passed = "\n".join(lines_of(found, Outcome.OK))
     for what in (
@@ -130,6 +134,8 @@ async def test_a_complete_deploy_passes_every_check(
         "CODE_HMAC_KEY: set and strong",
         "PANEL_API_TOKEN: set and strong",
         "PANEL_SESSION_SECRET: set and strong",
+        "PAYLOAD_KEYS: 1 key, new payloads under '2026-01'",
+        "CODEC_SERVER_TOKEN: set and strong",
         "resources backup_directory on the central workers: 1 listed, settings usable",
     ):
         assert what in passed, passed
@@ -174,6 +180,10 @@ async def test_the_command_names_a_wrong_database_url_and_a_weak_secret(stack: S
     run = await bajas(
         stack,
         "check",
+        "--role",
+        "worker",
+        "--role",
+        "api",
         DATABASE_URL=f"postgresql://bajas@127.0.0.1:{port}/panel",
         SMTP_HOST=stack.settings.smtp_host,
         SMTP_PORT=str(stack.settings.smtp_port),
