@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 
 from activities.archive import ArchiveActivities
 from activities.billing import BillingActivities
@@ -31,9 +31,11 @@ from activities.mailboxes import MailboxActivities
 from activities.panel_db import PanelDbActivities
 from activities.resources import ResourceActivities
 from activities.safety import PanelPaths, PreflightActivities
+from bajas import tracing
 from bajas.config import ConfigError, Settings, settings_from_env
 from bajas.db import create_pool
 from bajas.limits import Limits
+from bajas.metrics import ActivityMetrics, BajasMetrics
 from bajas.observability import ActivityLogging, setup_logging
 from bajas.run_chain import RunChain
 from bajas.temporal_client import connect, data_converter
@@ -108,7 +110,7 @@ def activities_for(settings: Settings, pool: asyncpg.Pool) -> Sequence[Any]:
         archive_deadline=settings.archive_deadline,
         limits=limits,
     )
-    codes = CodeActivities(pool, settings.hmac_key(), mailer, settings.business_tz, limits)
+    codes = CodeActivities(pool, settings.hmac_keys(), mailer, settings.business_tz, limits)
     return [
         panel.check_service,
         panel.record_transition,
@@ -161,10 +163,18 @@ def central_workers(client: Client, task_queue: str, **options: Any) -> Workers:
 
 
 def build_worker(
-    client: Client, settings: Settings, pool: asyncpg.Pool, node: str | None = None
+    client: Client,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    node: str | None = None,
+    metrics: BajasMetrics | None = None,
 ) -> Worker | Workers:
     """The central worker (workflow, billing, mail and the node steps of services without
-    a server), or with `node` the worker of one hosting server: only its node steps."""
+    a server), or with `node` the worker of one hosting server: only its node steps.
+    `metrics`: where bajas's own metrics are counted (bajas.metrics), if anywhere."""
+    interceptors: list[Interceptor] = [ActivityLogging(), RunChain()]
+    if metrics is not None:
+        interceptors.append(ActivityMetrics(metrics))
     if node is not None:
         return Worker(
             client,
@@ -173,7 +183,7 @@ def build_worker(
             max_concurrent_activities=settings.max_concurrent_activities,
             max_concurrent_activity_task_polls=settings.activity_task_pollers,
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
-            interceptors=[ActivityLogging(), RunChain()],
+            interceptors=interceptors,
         )
     return central_workers(
         client,
@@ -186,7 +196,7 @@ def build_worker(
         max_concurrent_workflow_task_polls=settings.workflow_task_pollers,
         max_concurrent_activity_task_polls=settings.activity_task_pollers,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
-        interceptors=[ActivityLogging(), RunChain()],
+        interceptors=interceptors,
     )
 
 
@@ -204,7 +214,7 @@ def check_settings(settings: Settings, node: str | None = None) -> None:
     handles no codes."""
     settings.require_database_url()
     if node is None:
-        settings.hmac_key()
+        settings.hmac_keys()
     data_converter(settings)  # PAYLOAD_KEYS, when set, must parse
 
 
@@ -213,17 +223,23 @@ async def run_worker(
 ) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT when none is given)."""
     check_settings(settings, node)
+    tracing.setup("bajas-worker" if node is None else "bajas-node-worker")
     runtime = install_metrics(settings.metrics_port)
     client = await (connect(settings, runtime=runtime) if runtime else connect(settings))
     pool = await create_pool(settings.require_database_url(), max_size=settings.db_pool_max)
+    metrics = BajasMetrics(runtime.metric_meter) if runtime else None
     stop = stop or _signal_event()
     try:
-        async with build_worker(client, settings, pool, node) as worker:
+        async with build_worker(client, settings, pool, node, metrics) as worker:
             log.info("worker polling task queue %s", worker.task_queue)
-            await stop.wait()
+            if metrics is None:
+                await stop.wait()
+            else:
+                await metrics.watch(client if node is None else None, stop)
             log.info("worker draining (up to %s)", GRACEFUL_SHUTDOWN)
     finally:
         await pool.close()
+        tracing.shutdown()
 
 
 def _signal_event() -> asyncio.Event:

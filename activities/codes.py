@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 
 import asyncpg
 from temporalio import activity
@@ -46,16 +47,21 @@ def _run_id() -> str:
 
 
 class CodeActivities:
+    """`keys`: CODE_HMAC_KEY's keys; the first hashes every new code, each is tried when
+    one is checked, so a rotated key still accepts the codes mailed before."""
+
     def __init__(
         self,
         pool: asyncpg.Pool,
-        key: bytes,
+        keys: Sequence[bytes],
         mailer: Mailer,
         tz_name: str,
         limits: Limits | None = None,
     ) -> None:
         self.pool = pool
-        self.key = key
+        if not keys:
+            raise ValueError("CodeActivities needs at least one key")
+        self.keys = list(keys)
         self.mailer = mailer
         self.tz_name = tz_name
         self.limits = limits or Limits()
@@ -101,7 +107,7 @@ class CodeActivities:
             """,
             run_id,
             data.generation,
-            code_hmac(self.key, run_id, data.generation, code),
+            code_hmac(self.keys[0], run_id, data.generation, code),
             data.expires_at,
         )
         subject, body = code_mail(
@@ -146,7 +152,12 @@ class CodeActivities:
         if row is None:
             return VerifyCodeResult(accepted=False)
         expected = bytes(row["code_hmac"])
-        ok = hmac.compare_digest(expected, code_hmac(self.key, run_id, data.generation, data.code))
+        # every key is computed, so the time taken says nothing about which one matched
+        matches = [
+            hmac.compare_digest(expected, code_hmac(key, run_id, data.generation, data.code))
+            for key in self.keys
+        ]
+        ok = any(matches)
         if ok:
             # A retry of this same attempt still answers accepted; the workflow never asks
             # again after an acceptance, so the code is single-use.

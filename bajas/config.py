@@ -50,7 +50,8 @@ class Settings(BaseSettings):
     business_tz: str = "America/Argentina/Buenos_Aires"
     confirmation_window: timedelta = timedelta(seconds=86400)
     panel_api_token: SecretStr | None = None
-    # Key of the HMAC that stores confirmation codes; the same on every worker.
+    # KEY[,OLD_KEY...]: keys of the HMAC that stores confirmation codes, the same on every
+    # worker; the first hashes new codes, all are tried when a code is checked (rotation).
     code_hmac_key: SecretStr | None = None
     # ID:BASE64KEY[,ID:BASE64KEY...]: AES-GCM keys of the payload codec (bajas.codec).
     payload_keys: SecretStr | None = None
@@ -198,13 +199,17 @@ class Settings(BaseSettings):
             raise ConfigError("DATABASE_URL is not set (only `bajas dev` provides one by itself)")
         return self.database_url
 
-    def hmac_key(self) -> bytes:
-        """CODE_HMAC_KEY; only `bajas dev` (BAJAS_DEV) falls back to .bajas/code.key, since
-        workers that disagree on the key refuse each other's codes."""
+    def hmac_keys(self) -> list[bytes]:
+        """CODE_HMAC_KEY's keys, the signing one first; only `bajas dev` (BAJAS_DEV) falls
+        back to .bajas/code.key, since workers that disagree on the key refuse each other's
+        codes."""
         if self.code_hmac_key is not None:
-            return self.code_hmac_key.get_secret_value().encode()
+            keys = split_keys(self.code_hmac_key.get_secret_value())
+            if not keys:
+                raise ConfigError("CODE_HMAC_KEY holds no key: give every worker the same value")
+            return [key.encode() for key in keys]
         if self.dev_mode:
-            return persistent_secret(CODE_KEY_FILE).encode()
+            return [persistent_secret(CODE_KEY_FILE).encode()]
         raise ConfigError("CODE_HMAC_KEY is not set: give every worker the same secret value")
 
     def payload_keys_value(self) -> str | None:
@@ -227,6 +232,11 @@ class Settings(BaseSettings):
 
     def codec_origins(self) -> list[str]:
         return [o.strip().rstrip("/") for o in self.codec_cors_origins.split(",") if o.strip()]
+
+
+def split_keys(value: str) -> list[str]:
+    """The comma-separated keys of a setting, blanks dropped."""
+    return [key.strip() for key in value.split(",") if key.strip()]
 
 
 def settings_from_env() -> Settings:

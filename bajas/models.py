@@ -916,6 +916,7 @@ class Carried(BaseModel):
 
 CancellationInput.model_rebuild()
 
+
 class SharedResource(BaseModel):
     """A resource of the service that another service that is not cancelled lists with
     the same kind, name and server (contract section 9): refused, never deleted."""

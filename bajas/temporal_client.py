@@ -17,6 +17,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.envconfig import ClientConfigProfile
 
+from bajas import tracing
 from bajas.codec import AesGcmCodec
 from bajas.config import ConfigError, Settings, Unreachable
 
@@ -55,7 +56,8 @@ def connect_config(**overrides: Any) -> dict[str, Any]:
 
 
 async def connect(settings: Settings | None = None, **overrides: Any) -> Client:
-    """A client with bajas' data converter; Unreachable names the address when it fails.
+    """A client with bajas' data converter (and, when tracing is on, Temporal's tracing
+    interceptor, which its workers inherit); Unreachable names the address when it fails.
 
     Without `settings` they are read from the environment.
     """
@@ -65,11 +67,14 @@ async def connect(settings: Settings | None = None, **overrides: Any) -> Client:
         # headers sealed like every payload: the workflow sends its first run's id in one
         # (bajas/run_chain.py), and a stored history holds no payload in clear
         return await Client.connect(
-            **config, data_converter=converter, header_codec_behavior=HeaderCodecBehavior.CODEC
+            **config,
+            data_converter=converter,
+            header_codec_behavior=HeaderCodecBehavior.CODEC,
+            interceptors=tracing.client_interceptors(),
         )
     except RuntimeError as err:  # the bridge reports every connect failure this way
         raise Unreachable(
-            "Temporal", str(config["target_host"]), _address_variable(), _reason(err)
+            "Temporal", str(config["target_host"]), _address_variable(), _reason(err, config)
         ) from None
 
 
@@ -79,15 +84,42 @@ def _address_variable() -> str:
     return f"TEMPORAL_ADDRESS, or the address of profile {os.environ['TEMPORAL_PROFILE']}"
 
 
-def _reason(err: BaseException) -> str | None:
-    """None for a plain refusal (the address says it all), else the cause in a few words."""
+CLIENT_CERT = "TEMPORAL_TLS_CLIENT_CERT_PATH and TEMPORAL_TLS_CLIENT_KEY_PATH"
+
+
+def _reason(err: BaseException, config: dict[str, Any]) -> str | None:
+    """None for a plain refusal (the address says it all), else the cause in a few words
+    and the setting that would fix it."""
     text = str(err)
+    tls = config.get("tls")
     if "Connection refused" in text or "ConnectionRefused" in text:
         return None
+    if "InvalidCertificate" in text:
+        if "NotValidForName" in text:
+            return (
+                "its TLS certificate names another host: set TEMPORAL_TLS_SERVER_NAME to"
+                " a name it carries"
+            )
+        return (
+            "its TLS certificate is not trusted: set TEMPORAL_TLS_SERVER_CA_CERT_PATH to"
+            " the CA that signed it"
+        )
+    closed = "connection closed" in text or "broken pipe" in text.lower()
+    if closed and tls:
+        # the server ended the connection right after the TLS handshake: its check of
+        # the client's certificate (mTLS) failed
+        if getattr(tls, "client_cert", None) is None and not config.get("api_key"):
+            return f"the server demands a client certificate: set {CLIENT_CERT}"
+        if getattr(tls, "client_cert", None) is not None:
+            return (
+                "the server refused the client certificate (TEMPORAL_TLS_CLIENT_CERT_PATH):"
+                " it is not signed by a CA the server trusts"
+            )
+    if closed and not tls:
+        return "no answer over plain gRPC: if the server expects TLS, set TEMPORAL_TLS=true"
     for marker, reason in (
         ("dns error", "unknown host"),
         ("timed out", "timed out"),
-        ("InvalidCertificate", "TLS certificate not accepted"),
         ("tls", "TLS handshake failed"),
         ("Unauthenticated", "not authenticated (TEMPORAL_API_KEY or client certificate)"),
         ("PermissionDenied", "permission denied"),

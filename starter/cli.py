@@ -80,9 +80,11 @@ def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 
 async def _cancellations(settings: Settings) -> CancellationClient:
+    from bajas import tracing
     from bajas.temporal_client import connect
     from starter.client import CancellationClient
 
+    tracing.setup("bajas-cli")
     client = await connect(settings)  # Unreachable names the address
     return CancellationClient(client, settings.temporal_task_queue)
 
@@ -172,18 +174,21 @@ def codec_server(
 async def _serve_api(settings: Settings, host: str, port: int) -> None:
     """Check the token, reach Temporal and PostgreSQL, then serve: a server that cannot be
     reached is one line here, not a traceback from inside uvicorn's start-up."""
+    from bajas import tracing
     from bajas.db import create_pool
     from bajas.temporal_client import connect
     from starter.api.app import create_app
     from starter.api.security import api_token
 
     api_token(settings)
+    tracing.setup("bajas-api")
     client = await connect(settings)
     pool = await create_pool(settings.require_database_url(), max_size=settings.db_pool_max)
     try:
         await _serve(create_app(settings, client=client, pool=pool), host, port)
     finally:
         await pool.close()
+        tracing.shutdown()
 
 
 async def _serve(asgi: Any, host: str, port: int) -> None:
@@ -195,6 +200,44 @@ async def _serve(asgi: Any, host: str, port: int) -> None:
 
 
 # ---- operator commands ------------------------------------------------------------------
+
+
+@app.command()
+def check(
+    node: Annotated[
+        str | None,
+        typer.Option(
+            "--node", help="check hosting server NAME's worker configuration (run it there)"
+        ),
+    ] = None,
+    role: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--role",
+            help="what this central machine runs: worker, api, codec-server (repeatable;"
+            " default: all three)",
+            metavar="ROLE",
+        ),
+    ] = None,
+) -> None:
+    """Check a deploy: Temporal, PostgreSQL, SMTP, the secrets, the resource kinds' settings;
+    one line each, exit 1 when one fails."""
+    from starter.check import Outcome, Role, run_check
+
+    try:
+        roles = [Role(r) for r in role] if role else list(Role)
+    except ValueError as err:
+        raise typer.BadParameter(
+            f"{err}: one of worker, api, codec-server", param_hint="--role"
+        ) from None
+    settings = _settings()
+
+    def echo(line: object) -> None:
+        sys.stdout.write(f"{line}\n")
+        sys.stdout.flush()
+
+    lines = _run(lambda: run_check(settings, node=node, echo=echo, roles=roles))
+    _leave(1 if any(line.outcome is Outcome.FAIL for line in lines) else 0)
 
 
 NOT_THE_CUSTOMERS = "not the customer's service"
@@ -681,6 +724,9 @@ def main() -> None:
 
 def _leave(code: int) -> None:
     """Exit at once: a client connected before the failure can abort interpreter shutdown."""
+    tracing = sys.modules.get("bajas.tracing")
+    if tracing is not None:
+        tracing.shutdown()  # spans still buffered leave first
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -247,15 +247,19 @@ def no_inherited_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_code_key_outside_dev_is_required() -> None:
     with pytest.raises(ConfigError, match="CODE_HMAC_KEY"):
-        Settings().hmac_key()
-    assert Settings(code_hmac_key=SecretStr("shared")).hmac_key() == b"shared"
+        Settings().hmac_keys()
+    assert Settings(code_hmac_key=SecretStr("shared")).hmac_keys() == [b"shared"]
+    rotated = Settings(code_hmac_key=SecretStr(" new-key , old-key ,"))
+    assert rotated.hmac_keys() == [b"new-key", b"old-key"]
+    with pytest.raises(ConfigError, match="CODE_HMAC_KEY"):
+        Settings(code_hmac_key=SecretStr(" , ")).hmac_keys()
 
 
 def test_dev_mode_makes_each_secret_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     dev = Settings(BAJAS_DEV=True)
-    first = dev.hmac_key()
-    assert first == Settings(BAJAS_DEV=True).hmac_key()
+    first = dev.hmac_keys()
+    assert first == Settings(BAJAS_DEV=True).hmac_keys()
     assert dev.payload_keys_value() is None  # made by `bajas dev` only
     keys = persistent_secret(PAYLOAD_KEYS_FILE, lambda: new_payload_key("dev1"))
     assert dev.payload_keys_value() == keys

@@ -73,6 +73,9 @@ async def test_worker_logs_json_exposes_metrics_and_drains_on_sigterm(stack: Sta
         assert "temporal_workflow_completed" in text
         assert "temporal_activity_execution_latency" in text
         assert f'task_queue="{queue}"' in text
+        # bajas's own, beside the SDK's (bajas/metrics.py)
+        assert 'bajas_cancellations_total{billing_outcome="' in text
+        assert 'bajas_deleted_items_total{kind="files"' in text
     finally:
         worker.send_signal(signal.SIGTERM)
         out, err = await asyncio.wait_for(worker.communicate(), 40)

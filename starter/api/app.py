@@ -140,7 +140,20 @@ def create_app(
         app.include_router(dev_mail.router)
     app.mount("/panel/static", StaticFiles(directory=STATIC_DIR), name="static")
     _install_error_handlers(app)
+    _install_tracing(app)
     return app
+
+
+def _install_tracing(app: FastAPI) -> None:
+    """A server span per request when tracing is on (bajas.tracing): the Temporal client's
+    spans, and so the workflow's and its activities', join its trace."""
+    from bajas import tracing
+
+    provider = tracing.provider()
+    if provider is not None:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)
 
 
 def _is_page(request: Request) -> bool:
