@@ -914,9 +914,6 @@ class Carried(BaseModel):
     withdrawn_by: str | None = None
 
 
-CancellationInput.model_rebuild()
-
-
 class SharedResource(BaseModel):
     """A resource of the service that another service that is not cancelled lists with
     the same kind, name and server (contract section 9): refused, never deleted."""
@@ -946,3 +943,9 @@ class ResourceRecordInput(BaseModel):
     kind: str
     server: str | None = None
     resources: list[ResourceOutcome]
+
+
+# Models that name others defined further down are completed here, once all exist.
+for _model in list(globals().values()):
+    if isinstance(_model, type) and issubclass(_model, BaseModel) and _model.__module__ == __name__:
+        _model.model_rebuild()

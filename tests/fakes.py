@@ -44,6 +44,7 @@ from bajas.models import (
     ResourceCheckResult,
     ResourceInventory,
     ResourceOutcome,
+    ResourceRecordInput,
     ResourceStepInput,
     ResourceStepResult,
     ServiceCheck,
@@ -184,6 +185,8 @@ class FakeActivities:
             self.send_notice,
             self.build_archive,
             self.delete_archive,
+            self.check_shared_resources,
+            self.record_resources,
             *self.resource_activities(),
         ]
 
@@ -352,6 +355,15 @@ class FakeActivities:
                 for r in data.resources
             ]
         )
+
+    @activity.defn(name="check_shared_resources")
+    async def check_shared_resources(self, data: ResourceCheckInput) -> ResourceCheckResult:
+        await self._record("check_shared_resources", data)
+        return ResourceCheckResult()
+
+    @activity.defn(name="record_resources")
+    async def record_resources(self, data: ResourceRecordInput) -> None:
+        await self._record("record_resources", data)
 
     @activity.defn(name="preflight_resources")
     async def preflight_resources(self, data: ResourceCheckInput) -> ResourceCheckResult:

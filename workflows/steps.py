@@ -17,6 +17,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.billing import BillingActivities
     from activities.files import FilesActivities
     from activities.mailboxes import MailboxActivities
+    from activities.panel_db import PanelDbActivities
     from activities.resources import ResourceActivities
     from activities.safety import PreflightActivities
     from bajas.models import (
@@ -24,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
         DeprovisionInput,
         FilesInput,
         PreflightInput,
+        ResourceRecordInput,
         ResourceStepInput,
         ResourceStepResult,
         State,
@@ -45,7 +47,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.last_copy import LastCopy
     from workflows.patches import moves_open_run
-    from workflows.state import SHORT
+    from workflows.state import RETRY, SHORT
 
 # A step's attempts are run here, one activity execution each, since the workflow
 # cannot see retries done by the server: every failure then shows at once in `status`.
@@ -255,7 +257,17 @@ class StepRunner(LastCopy):
                     retry_policy=ONE_ATTEMPT,
                     summary=f"check the paths before billing, attempt {attempt}",
                 )
-            for group in self._resource_groups():
+            groups = self._resource_groups()
+            for group in groups:
+                # shared with a live service: judged centrally, where the panel is
+                await workflow.execute_local_activity_method(
+                    PanelDbActivities.check_shared_resources,
+                    group,
+                    start_to_close_timeout=SHORT,
+                    retry_policy=ONE_ATTEMPT,
+                    summary=f"check no live service shares the resources, attempt {attempt}",
+                )
+            for group in groups:
                 await self._on_server(
                     group.server,
                     ResourceActivities.preflight_resources,
@@ -310,6 +322,20 @@ class StepRunner(LastCopy):
                 )
             except (ActivityError, ApplicationError) as err:
                 raise _ResourceServerFailed(group.server) from err
+            # the node has no panel database: `deleted_at` and the receipt's line, here
+            await workflow.execute_local_activity_method(
+                PanelDbActivities.record_resources,
+                ResourceRecordInput(
+                    service_id=arg.service_id,
+                    customer_id=arg.customer_id,
+                    kind=arg.kind,
+                    server=group.server,
+                    resources=result.resources,
+                ),
+                start_to_close_timeout=SHORT,
+                retry_policy=RETRY,
+                summary=f"record {arg.kind} deleted",
+            )
             done.resources += result.resources
             done.verified = done.verified and result.verified
         return done
@@ -332,6 +358,8 @@ class StepRunner(LastCopy):
             self.steps[step].detail = f"waiting for the {refused_step} step's path to be fixed"
         refused.status = StepStatus.REFUSED
         refused.detail = refusal.message
+        # contract section 9: the refused step's `error` names the resource (or path)
+        refused.error = refusal.message
         self.retry_requested = False
         self._publish()
         workflow.logger.warning("step %s refused: %s", refused_step, refusal.message)
@@ -341,6 +369,7 @@ class StepRunner(LastCopy):
         if refused_step != step:
             refused.status = StepStatus.PENDING
             refused.detail = None
+            refused.error = None
         return self.retry_requested
 
 
